@@ -98,7 +98,7 @@ class SamplingConfig(BaseModel):
 
 class WeightingConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
-    method: str = "equal"
+    method: str = "static"  # static = each task's loss_weight (1 by default: equal weighting)
 
 
 class SubsetConfig(Strict):
@@ -285,7 +285,9 @@ def params_check(cls: Any, section: BaseModel, name: str) -> BaseModel:
     params_model = getattr(cls, "Params", None)
     if params_model is None:
         if extra:
-            raise ConfigError(f"{name}.{sorted(extra)[0]}: '{section.method}' takes no parameters")  # type: ignore[attr-defined]
+            key = f"{name}.{sorted(extra)[0]}"
+            method = getattr(section, "method", name)
+            raise ConfigError(f"unknown config key '{key}': {name} method '{method}' takes no parameters")
         return Strict()
     try:
         return params_model.model_validate(extra)

@@ -1,0 +1,175 @@
+"""`mtfuse` command line: train, evaluate, predict, data check, demo.
+
+Every user error (bad config, bad data, existing output) is one line on stderr and exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mtfuse.errors import MtfuseError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect task data without training.")
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+OVERRIDES = typer.Argument(None, help="dotted key=value overrides, e.g. train.lr=1e-4 data_dir=../shared/data")
+
+
+def metrics_table(title: str, metrics: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]] | None = None,
+                  average: float | None = None) -> Table:
+    table = Table(title=title)
+    table.add_column("task")
+    table.add_column("metric")
+    table.add_column("score", justify="right")
+    if baseline is not None:
+        table.add_column("majority baseline", justify="right")
+    for task, ms in metrics.items():
+        for m, v in ms.items():
+            row = [task, m, f"{v:.2f}"]
+            if baseline is not None:
+                row.append(f"{baseline[task][m]:.2f}")
+            table.add_row(*row)
+    if average is not None:
+        table.add_row("average", "", f"{average:.2f}", *([""] if baseline is not None else []))
+    return table
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML config"),
+    overrides: list[str] = OVERRIDES,
+    output: Path = typer.Option(None, "--output", "-o", help="run directory (default runs/<config name>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --output from its last checkpoint"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a run already in --output"),
+) -> None:
+    """Train one model on every task of CONFIG."""
+    from mtfuse import config as config_mod
+    from mtfuse.train import train as run_train
+
+    out = output or Path("runs") / config.stem
+    if resume and (out / "config.yaml").is_file():
+        cfg = config_mod.load(out / "config.yaml", overrides or [])  # resume what was run, not the edited file
+    else:
+        cfg = config_mod.load(config, overrides or [])
+    final = run_train(cfg, out, resume=resume, overwrite=overwrite)
+    if final:
+        console.print(metrics_table(f"dev metrics ({out})", final["tasks"], average=final["average"]))
+        console.print(f"run directory: {out}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="a run directory written by train"),
+    overrides: list[str] = OVERRIDES,
+    split: str = typer.Option("dev", help="split to score (train, dev or test)"),
+    output: Path = typer.Option(None, help="metrics JSON (default RUN_DIR/metrics-<split>.json)"),
+) -> None:
+    """Score a trained run on a split and print a table."""
+    from mtfuse.evaluate import evaluate_run
+
+    result, out = evaluate_run(run_dir, split, overrides or [], output)
+    console.print(metrics_table(f"{split} metrics ({run_dir})", result["tasks"], average=result["average"]))
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="a run directory written by train"),
+    task: str = typer.Option(..., help="task name"),
+    input: Path = typer.Option(..., "--input", help="jsonl / csv / tsv / parquet with the task's text fields"),
+    output: Path = typer.Option(..., "--output", help="JSONL with labels and probabilities"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output file"),
+) -> None:
+    """Predict labels (and probabilities) for new inputs."""
+    from mtfuse.predict import Predictor
+    from mtfuse.rundir import write_jsonl
+
+    if output.exists() and not overwrite:
+        raise MtfuseError(f"{output}: already exists; pass --overwrite to replace it")
+    if not input.is_file():
+        raise MtfuseError(f"{input}: input file not found")
+    recs = Predictor(run_dir).predict_file(task, input)
+    write_jsonl(output, recs)
+    console.print(f"wrote {len(recs)} predictions to {output}")
+
+
+@data_app.command("check")
+def data_check(
+    config: Path = typer.Argument(..., help="YAML config"),
+    overrides: list[str] = OVERRIDES,
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Read, check and tokenise every task's data; print sizes, labels and lengths per split."""
+    from mtfuse import config as config_mod
+    from mtfuse.model import load_tokenizer
+    from mtfuse.tasks.prepare import describe_split, prepare_tasks
+    from mtfuse.tasks.readers import READERS
+
+    cfg = config_mod.load(config, overrides or [])
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    report: dict[str, Any] = {}
+    for tc in cfg.tasks:
+        splits = READERS.get(tc.data.format).splits(tc.data)
+        one = cfg.model_copy(update={"tasks": [tc]})
+        task = prepare_tasks(one, tokenizer, splits)[tc.name]
+        report[tc.name] = {s: describe_split(task, s) for s in splits}
+    if as_json:
+        print(json.dumps(report, indent=1))
+        return
+    table = Table(title=f"data check ({config})")
+    for col in ("task", "split", "examples", "labels / range", "tokens mean", "p95", "max", "truncated"):
+        table.add_column(col)
+    for name, splits in report.items():
+        for s, info in splits.items():
+            lab = info.get("labels") or info.get("range")
+            lab_s = ", ".join(f"{k}:{v}" for k, v in lab.items()) if isinstance(lab, dict) else str(lab)
+            if len(lab_s) > 60:
+                lab_s = f"{len(lab)} labels: " + lab_s[:50] + "..."
+            table.add_row(name, s, str(info["examples"]), lab_s, str(info["tokens_mean"]), str(info["tokens_p95"]),
+                          str(info["tokens_max"]), str(info["truncated"]))
+    console.print(table)
+
+
+@app.command()
+def demo(
+    output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="run directory"),
+    overrides: list[str] = OVERRIDES,
+) -> None:
+    """Train the packaged MiniLM on two real-text tasks (BBC News) with no network; compare to baselines."""
+    from mtfuse.demo import run_demo
+
+    run_demo(output, overrides or [], console)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except MtfuseError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Predictions and metrics for tokenised task splits (shared by training, `mtfuse evaluate` and predict)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtfuse.metrics import METRICS, aggregate
+from mtfuse.tasks.features import Encoded, TaskData, collate
+
+
+@torch.no_grad()
+def predict_encoded(
+    model: torch.nn.Module,
+    task: TaskData,
+    enc: Encoded,
+    batch_size: int,
+    device: torch.device,
+    pad_id: int,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+) -> tuple[list[Any], list[Any]]:
+    """(predictions, probabilities) per example, in input order. Token tasks give word-level lists."""
+    was_training = model.training
+    model.eval()
+    order = np.argsort(-enc.lengths(), kind="stable")  # long first: less padding, early OOM
+    preds: list[Any] = [None] * len(enc)
+    probs: list[Any] = [None] * len(enc)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate(enc, idx, pad_id, task.type)
+        batch.pop("labels", None)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast():
+            logits = model(task.name, batch)
+        p, pr = task.type.predict(logits)
+        for r, i in enumerate(idx):
+            if task.type.token_level:
+                preds[i], probs[i] = word_level(enc.word_ids[i], p[r], pr[r])  # type: ignore[index]
+            else:
+                preds[i], probs[i] = p[r], pr[r]
+    model.train(was_training)
+    return preds, probs
+
+
+def word_level(word_ids: np.ndarray, pred: np.ndarray, prob: np.ndarray) -> tuple[list[int], list[np.ndarray]]:
+    """Keep each word's first sub-word prediction (words cut off by truncation get none)."""
+    out_p, out_pr, prev = [], [], -1
+    for pos, w in enumerate(word_ids):
+        if w >= 0 and w != prev:
+            out_p.append(int(pred[pos]))
+            out_pr.append(prob[pos])
+        prev = w
+    return out_p, out_pr
+
+
+def score(task: TaskData, preds: list[Any], gold: list[Any]) -> dict[str, float]:
+    """The task's metrics on 0-100. Token tasks compare tags of the words the model saw."""
+    if task.type.token_level:
+        labels = task.labels or []
+        p_tags = [[labels[j] for j in p] for p in preds]
+        g_tags = [g[: len(p)] for g, p in zip(gold, p_tags, strict=True)]
+        return {m: METRICS.get(m)(p_tags, g_tags) for m in task.metrics}
+    p_arr, g_arr = np.array(preds), np.array(gold)
+    return {m: METRICS.get(m)(p_arr, g_arr) for m in task.metrics}
+
+
+def evaluate_tasks(
+    model: torch.nn.Module,
+    tasks: dict[str, TaskData],
+    split: str,
+    batch_size: int,
+    device: torch.device,
+    pad_id: int,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+) -> tuple[dict[str, dict[str, float]], dict[str, tuple[list[Any], list[Any]]]]:
+    """Metrics per task (and the predictions behind them) on one split of every task."""
+    metrics, outputs = {}, {}
+    for name, task in tasks.items():
+        preds, probs = predict_encoded(model, task, task.splits[split], batch_size, device, pad_id, autocast)
+        metrics[name] = score(task, preds, task.gold[split])
+        outputs[name] = (preds, probs)
+    return metrics, outputs
+
+
+def with_average(metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
+    return {"tasks": metrics, "average": aggregate(metrics)}
+
+
+def records(task: TaskData, preds: list[Any], probs: list[Any], gold: list[Any] | None = None) -> list[dict]:
+    """JSON-ready prediction records: labels by name, probabilities per label, gold when known."""
+    labels = task.labels
+    out = []
+    for i, (p, pr) in enumerate(zip(preds, probs, strict=True)):
+        rec: dict[str, Any] = {"index": i}
+        if task.type.token_level:
+            rec["tags"] = [labels[j] for j in p]  # type: ignore[index]
+            rec["probs"] = [round(float(x.max()), 6) for x in pr]
+        elif labels is None:
+            rec["score"] = float(p)
+        elif task.type.name == "multilabel":
+            rec["labels"] = [labels[j] for j in np.flatnonzero(p)]
+            rec["probs"] = {lab: round(float(x), 6) for lab, x in zip(labels, pr, strict=True)}
+        else:
+            rec["label"] = labels[int(p)]
+            rec["probs"] = {lab: round(float(x), 6) for lab, x in zip(labels, pr, strict=True)}
+        if gold is not None:
+            g = gold[i]
+            if task.type.token_level:
+                rec["gold"] = g
+            elif labels is None:
+                rec["gold"] = float(g)
+            elif task.type.name == "multilabel":
+                rec["gold"] = [labels[j] for j in np.flatnonzero(g)]
+            else:
+                rec["gold"] = labels[int(g)]
+        out.append(rec)
+    return out
+
+
+def evaluate_run(
+    run_dir: str | Path, split: str = "dev", overrides: list[str] | tuple[str, ...] = (), output: Path | None = None
+) -> tuple[dict[str, Any], Path]:
+    """`mtfuse evaluate`: load a run directory, score every task it has a head for, write metrics JSON."""
+    from mtfuse import rundir
+    from mtfuse.model import MultiTaskModel
+    from mtfuse.tasks.prepare import prepare_tasks
+
+    run_dir = Path(run_dir)
+    cfg = rundir.load_run_config(run_dir, overrides)
+    model, tokenizer = MultiTaskModel.load(run_dir / rundir.MODEL)
+    cfg = cfg.model_copy(update={"tasks": [t for t in cfg.tasks if t.name in model.specs]})
+    tasks = prepare_tasks(cfg, tokenizer, [split], vocabs={n: s.labels for n, s in model.specs.items()})
+    device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
+    model.to(device)
+    metrics, outputs = evaluate_tasks(model, tasks, split, cfg.train.eval_batch_size, device,
+                                      tokenizer.pad_token_id or 0)
+    result = {"split": split, **with_average(metrics)}
+    out = output or run_dir / f"metrics-{split}.json"
+    rundir.write_json(out, result)
+    for n, (p, pr) in outputs.items():
+        rundir.write_jsonl(run_dir / rundir.PREDICTIONS / split / f"{n}.jsonl", records(tasks[n], p, pr, tasks[n].gold[split]))
+    return result, out

@@ -1,0 +1,128 @@
+"""Evaluation metrics, on the 0-100 scale (GLUE convention: the usual score x 100).
+
+Every entry of ``METRICS`` is a pure function ``fn(preds, golds) -> float``. The maths is delegated to
+scikit-learn, SciPy and seqeval so that scores match the published GLUE / CoNLL numbers; this module only
+picks the right call, guards the degenerate cases and rescales.
+
+Degenerate cases return 0.0 instead of NaN (a NaN would silently poison the task average and model selection):
+
+* ``pearson`` / ``spearman``: the correlation is undefined when predictions or gold scores are constant (or
+  there are fewer than two pairs); we report 0.0, i.e. "no linear / rank relation", as the GLUE scorer's
+  ``scipy`` call would otherwise give NaN.
+* ``matthews``: constant predictions give 0.0 (scikit-learn's own convention).
+* ``f1``, ``micro_f1``, ``macro_f1``, ``seqeval_f1``: a precision or recall with an empty denominator counts
+  as 0 (``zero_division=0``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from seqeval.metrics import f1_score as seqeval_f1_score
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from mtfuse.registry import Registry
+
+MetricFn = Callable[[Any, Any], float]
+
+METRICS: Registry[MetricFn] = Registry("metric")
+
+
+def _pair(preds: Any, golds: Any) -> tuple[np.ndarray, np.ndarray]:
+    p, g = np.asarray(preds), np.asarray(golds)
+    if p.shape != g.shape:
+        raise ValueError(f"predictions have shape {p.shape} but gold labels have shape {g.shape}")
+    return p, g
+
+
+@METRICS.register("accuracy")
+def accuracy(preds: Any, golds: Any) -> float:
+    """Fraction of exact matches (class indices), x100."""
+    p, g = _pair(preds, golds)
+    return 100.0 * float(accuracy_score(g, p))
+
+
+@METRICS.register("f1")
+def f1(preds: Any, golds: Any) -> float:
+    """Binary F1 of the positive class (index 1), x100, as GLUE scores MRPC and QQP."""
+    p, g = _pair(preds, golds)
+    # labels=[0, 1] keeps "binary" valid even when a tiny eval set holds a single class.
+    return 100.0 * float(f1_score(g, p, labels=[0, 1], pos_label=1, average="binary", zero_division=0))
+
+
+@METRICS.register("matthews")
+def matthews(preds: Any, golds: Any) -> float:
+    """Matthews correlation coefficient, x100 (GLUE CoLA). Constant predictions give 0.0."""
+    p, g = _pair(preds, golds)
+    return 100.0 * float(matthews_corrcoef(g, p))
+
+
+def _correlation(fn: Callable[[np.ndarray, np.ndarray], Any], preds: Any, golds: Any) -> float:
+    p, g = _pair(preds, golds)
+    p, g = p.astype(np.float64).ravel(), g.astype(np.float64).ravel()
+    # Undefined correlation (constant input or < 2 pairs): report 0.0 rather than NaN, see module docstring.
+    if p.size < 2 or np.ptp(p) == 0 or np.ptp(g) == 0:
+        return 0.0
+    r = float(fn(p, g)[0])
+    return 0.0 if math.isnan(r) else 100.0 * r
+
+
+@METRICS.register("pearson")
+def pearson(preds: Any, golds: Any) -> float:
+    """Pearson correlation, x100 (GLUE STS-B). A constant prediction (or gold) gives 0.0."""
+    return _correlation(stats.pearsonr, preds, golds)
+
+
+@METRICS.register("spearman")
+def spearman(preds: Any, golds: Any) -> float:
+    """Spearman rank correlation, x100 (GLUE STS-B). A constant prediction (or gold) gives 0.0."""
+    return _correlation(stats.spearmanr, preds, golds)
+
+
+@METRICS.register("seqeval_f1")
+def seqeval_f1(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) -> float:
+    """Entity-level micro F1 over IOB2 tag sequences, x100.
+
+    seqeval's default (conlleval-compatible) mode, as in the Hugging Face ``run_ner`` example: an entity
+    counts only when its type and both boundaries match exactly.
+    """
+    p = [list(s) for s in preds]
+    g = [list(s) for s in golds]
+    if len(p) != len(g) or any(len(a) != len(b) for a, b in zip(p, g, strict=True)):
+        raise ValueError("predicted and gold tag sequences differ in number or length")
+    return 100.0 * float(seqeval_f1_score(g, p, zero_division=0))
+
+
+@METRICS.register("micro_f1")
+def micro_f1(preds: Any, golds: Any) -> float:
+    """Micro-averaged F1 over a multi-label 0/1 matrix ``[n, num_labels]``, x100."""
+    p, g = _pair(preds, golds)
+    return 100.0 * float(f1_score(g, p, average="micro", zero_division=0))
+
+
+@METRICS.register("macro_f1")
+def macro_f1(preds: Any, golds: Any) -> float:
+    """Macro-averaged F1 (unweighted mean over labels) of a multi-label 0/1 matrix, x100.
+
+    A label with no gold and no predicted positive scores 0 (``zero_division=0``).
+    """
+    p, g = _pair(preds, golds)
+    return 100.0 * float(f1_score(g, p, average="macro", zero_division=0))
+
+
+def task_score(metrics: Mapping[str, float]) -> float:
+    """One number per task: the mean of its metrics (e.g. MRPC = mean(F1, accuracy), as on the GLUE board)."""
+    if not metrics:
+        raise ValueError("task_score needs at least one metric")
+    return float(np.mean([float(v) for v in metrics.values()]))
+
+
+def aggregate(per_task: Mapping[str, Mapping[str, float]]) -> float:
+    """GLUE-style average: the mean over tasks of each task's ``task_score`` (every task weighs the same)."""
+    if not per_task:
+        raise ValueError("aggregate needs at least one task")
+    return float(np.mean([task_score(m) for m in per_task.values()]))

@@ -1,0 +1,256 @@
+"""From rows to model inputs: field checks, label encoding, tokenisation (cached on disk) and collation.
+
+The cache is keyed by the rows' content, the tokenizer and the task settings, so a second run with the same
+data skips tokenisation and any change to the data invalidates it. Cache files are plain ``.npz`` arrays
+(loaded with ``allow_pickle=False``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtfuse.config import TaskConfig
+from mtfuse.errors import ConfigError, DataError
+from mtfuse.tasks.types import IGNORE_INDEX, TASK_TYPES, TaskType
+
+
+@dataclass
+class Encoded:
+    """One tokenised split of one task. ``labels`` is None for unlabelled input (prediction)."""
+
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray] | None
+    labels: list[Any] | None
+    word_ids: list[np.ndarray] | None = None  # token tasks: word index of each sub-token, -1 for specials
+    n_words: list[int] | None = None  # token tasks: words in the (untruncated) example
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def lengths(self) -> np.ndarray:
+        return np.array([len(x) for x in self.input_ids], dtype=np.int64)
+
+
+@dataclass
+class TaskData:
+    """A task ready for training/evaluation: its config, type, fields, label vocabulary and splits."""
+
+    cfg: TaskConfig
+    type: TaskType
+    text_fields: list[str]
+    label_field: str
+    labels: list[str] | None
+    splits: dict[str, Encoded] = field(default_factory=dict)
+    gold: dict[str, list[Any]] = field(default_factory=dict)  # raw gold labels per split (for metrics)
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.cfg.metrics or self.type.default_metrics)
+
+
+def resolve_fields(cfg: TaskConfig, defaults: tuple[list[str] | None, str | None]) -> tuple[list[str], str]:
+    ttype = TASK_TYPES.get(cfg.type)
+    text_fields = cfg.text_fields or defaults[0]
+    label_field = cfg.label_field or defaults[1]
+    if not text_fields:
+        raise ConfigError(f"tasks.{cfg.name}.text_fields: required for data format '{cfg.data.format}'")
+    if not label_field:
+        raise ConfigError(f"tasks.{cfg.name}.label_field: required for data format '{cfg.data.format}'")
+    if len(text_fields) not in ttype.text_fields_allowed:
+        raise ConfigError(
+            f"tasks.{cfg.name}.text_fields: task type '{cfg.type}' takes "
+            f"{' or '.join(map(str, ttype.text_fields_allowed))} text field(s), got {text_fields}"
+        )
+    return list(text_fields), label_field
+
+
+def check_fields(rows: list[dict], fields: list[str], source: str) -> None:
+    """Every row must carry every field; name the first row (file:line) that does not."""
+    for row in rows:
+        for f in fields:
+            if f not in row:
+                present = sorted(k for k in row if not k.startswith("_"))
+                raise DataError(f"{row['_where']}: missing column '{f}' (columns present: {present})")
+    if not rows:
+        raise DataError(f"{source}: the split is empty")
+
+
+def texts_of(rows: list[dict], fields: list[str], token_level: bool) -> list[Any]:
+    """Texts as tuples (one string per field), or token lists for token-level tasks."""
+    out: list[Any] = []
+    for row in rows:
+        vals = []
+        for f in fields:
+            v = row[f]
+            if token_level:
+                v = v.split() if isinstance(v, str) else v
+                if not isinstance(v, (list, tuple)) or not all(isinstance(t, str) for t in v):
+                    raise DataError(f"{row['_where']} (field '{f}'): expected a list of tokens")
+            elif v is None:
+                raise DataError(f"{row['_where']} (field '{f}'): empty text")
+            vals.append(list(v) if token_level else str(v))
+        out.append(vals[0] if token_level else tuple(vals))
+    return out
+
+
+class Tokenizing:
+    """Tokenise texts with a fast tokenizer, caching the result under ``cache_dir``."""
+
+    def __init__(self, tokenizer: Any, cache_dir: str | os.PathLike[str] | None) -> None:
+        self.tok = tokenizer
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        # The tokenizer's JSON minus its truncation/padding settings, which change as soon as it is called.
+        spec = json.loads(tokenizer.backend_tokenizer.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        self._tok_hash = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    def encode(self, texts: list[Any], token_level: bool, max_length: int) -> Encoded:
+        key = self._key(texts, token_level, max_length)
+        cached = self._load(key)
+        if cached is not None:
+            return cached
+        enc = self._tokenize(texts, token_level, max_length)
+        self._save(key, enc)
+        return enc
+
+    def _key(self, texts: list[Any], token_level: bool, max_length: int) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps([self._tok_hash, token_level, max_length, 1]).encode())
+        for t in texts:
+            h.update(json.dumps(t, ensure_ascii=False).encode())
+            h.update(b"\x00")
+        return h.hexdigest()[:32]
+
+    def _tokenize(self, texts: list[Any], token_level: bool, max_length: int) -> Encoded:
+        if token_level:
+            out = self.tok(texts, is_split_into_words=True, truncation=True, max_length=max_length)
+            word_ids = [
+                np.array([-1 if w is None else w for w in out.word_ids(i)], dtype=np.int64) for i in range(len(texts))
+            ]
+            n_words = [len(t) for t in texts]
+        else:
+            cols = list(zip(*texts, strict=True))
+            second = list(cols[1]) if len(cols) > 1 else None
+            out = self.tok(list(cols[0]), second, truncation=True, max_length=max_length)
+            word_ids, n_words = None, None
+        ids = [np.array(x, dtype=np.int64) for x in out["input_ids"]]
+        tt = [np.array(x, dtype=np.int64) for x in out["token_type_ids"]] if "token_type_ids" in out else None
+        return Encoded(ids, tt, None, word_ids, n_words)
+
+    # -- cache: concatenated arrays + offsets in one .npz, written atomically ---------------------------
+    def _path(self, key: str) -> Path | None:
+        return self.cache_dir / f"{key}.npz" if self.cache_dir else None
+
+    def _load(self, key: str) -> Encoded | None:
+        p = self._path(key)
+        if p is None or not p.exists():
+            return None
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                offs = z["offsets"]
+                ids = np.split(z["input_ids"], offs[1:-1])
+                tt = np.split(z["token_type_ids"], offs[1:-1]) if "token_type_ids" in z else None
+                wi = np.split(z["word_ids"], offs[1:-1]) if "word_ids" in z else None
+                nw = z["n_words"].tolist() if "n_words" in z else None
+        except (OSError, ValueError, KeyError):
+            return None  # a damaged cache entry is re-made, never trusted
+        return Encoded(list(ids), list(tt) if tt is not None else None, None, list(wi) if wi is not None else None, nw)
+
+    def _save(self, key: str, enc: Encoded) -> None:
+        p = self._path(key)
+        if p is None:
+            return
+        p.parent.mkdir(parents=True, exist_ok=True)
+        offsets = np.concatenate([[0], np.cumsum(enc.lengths())]).astype(np.int64)
+        arrays: dict[str, np.ndarray] = {"offsets": offsets, "input_ids": np.concatenate(enc.input_ids)}
+        if enc.token_type_ids is not None:
+            arrays["token_type_ids"] = np.concatenate(enc.token_type_ids)
+        if enc.word_ids is not None:
+            arrays["word_ids"] = np.concatenate(enc.word_ids)
+            arrays["n_words"] = np.array(enc.n_words, dtype=np.int64)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp.npz")
+        os.close(fd)
+        try:
+            np.savez(tmp, **arrays)
+            os.replace(tmp, p)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def align_token_labels(word_ids: np.ndarray, word_labels: np.ndarray) -> np.ndarray:
+    """Label each word's first sub-word; every other position gets IGNORE_INDEX."""
+    out = np.full(len(word_ids), IGNORE_INDEX, dtype=np.int64)
+    prev = -1
+    for i, w in enumerate(word_ids):
+        if w >= 0 and w != prev:
+            out[i] = word_labels[w]
+        prev = w
+    return out
+
+
+def encode_rows(
+    rows: list[dict],
+    task: TaskData,
+    split: str,
+    tokenizing: Tokenizing,
+    with_labels: bool = True,
+) -> tuple[Encoded, list[Any] | None]:
+    """Tokenise rows of one split and encode their labels (checked against the task's vocabulary)."""
+    ttype = task.type
+    fields = task.text_fields + ([task.label_field] if with_labels else [])
+    check_fields(rows, fields, f"task '{task.name}' split '{split}'")
+    texts = texts_of(rows, task.text_fields, ttype.token_level)
+    enc = tokenizing.encode(texts, ttype.token_level, task.cfg.max_length)
+    if not with_labels:
+        return enc, None
+    labels, gold = [], []
+    for i, row in enumerate(rows):
+        y = ttype.encode_label(row[task.label_field], task.labels, row["_where"], task.label_field, split)
+        if ttype.token_level:
+            if len(y) != len(texts[i]):
+                raise DataError(
+                    f"{row['_where']}: {len(texts[i])} tokens but {len(y)} tags (field '{task.label_field}')"
+                )
+            gold.append([task.labels[j] for j in y])  # type: ignore[index]
+            y = align_token_labels(enc.word_ids[i], y)  # type: ignore[index]
+        else:
+            gold.append(y)
+        labels.append(y)
+    enc.labels = labels
+    return enc, gold
+
+
+def collate(enc: Encoded, idx: np.ndarray | list[int], pad_id: int, ttype: TaskType) -> dict[str, torch.Tensor]:
+    """Pad a batch to its own longest sequence (dynamic padding)."""
+    idx = list(idx)
+    n = max(len(enc.input_ids[i]) for i in idx)
+    ids = torch.full((len(idx), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), n), dtype=torch.long)
+    tt = torch.zeros((len(idx), n), dtype=torch.long) if enc.token_type_ids is not None else None
+    for r, i in enumerate(idx):
+        L = len(enc.input_ids[i])
+        ids[r, :L] = torch.from_numpy(enc.input_ids[i])
+        mask[r, :L] = 1
+        if tt is not None:
+            tt[r, :L] = torch.from_numpy(enc.token_type_ids[i])  # type: ignore[index]
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if tt is not None:
+        batch["token_type_ids"] = tt
+    if enc.labels is not None:
+        batch["labels"] = ttype.collate_labels([enc.labels[i] for i in idx], n)
+    return batch

@@ -1,0 +1,329 @@
+"""mtfuse.model: encoder loading, heads, pooling, MultiTaskModel forward/save/load (tiny random BERT)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, BertForSequenceClassification, BertForTokenClassification, BertModel
+
+from mtfuse.errors import ConfigError, MtfuseError
+from mtfuse.model import (
+    HEADS,
+    HEADS_JSON,
+    HEADS_WEIGHTS,
+    HeadSpec,
+    MultiTaskModel,
+    load_encoder,
+    pool,
+    resolve_model_path,
+)
+
+SPECS = {
+    "sent": HeadSpec("sent", "classification", "classification", 3, "pooler", 0.1, ["a", "b", "c"]),
+    "score": HeadSpec("score", "regression", "regression", 1, "mean", 0.1),
+    "tags": HeadSpec("tags", "multilabel", "multilabel", 4, "cls", 0.1, ["w", "x", "y", "z"]),
+    "ner": HeadSpec("ner", "token_classification", "token_classification", 5, "pooler", 0.1),
+}
+
+
+@pytest.fixture
+def model_and_tokenizer(tiny_model_dir: Path):
+    encoder, tokenizer = load_encoder(str(tiny_model_dir))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = MultiTaskModel.build(encoder, SPECS)
+    return model.eval(), tokenizer
+
+
+@pytest.fixture
+def batch(model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    enc = tokenizer(
+        ["hello world", "a somewhat longer sentence that needs no padding"],
+        ["second text", "pair"],
+        padding=True,
+        return_tensors="pt",
+    )
+    out = dict(enc)
+    out["labels"] = torch.tensor([0, 2])  # extra keys must not reach the encoder
+    return out
+
+
+@pytest.fixture
+def saved_dir(model_and_tokenizer, tmp_path: Path) -> Path:
+    model, tokenizer = model_and_tokenizer
+    model.save(tmp_path / "model", tokenizer)
+    return tmp_path / "model"
+
+
+# ------------------------------------------------------------------------------------------ encoder
+
+
+def test_resolve_default_is_packaged_minilm() -> None:
+    path = Path(resolve_model_path("default"))
+    assert path.is_dir() and (path / "config.json").is_file()
+
+
+def test_resolve_passes_local_dirs_and_hub_names(tiny_model_dir: Path) -> None:
+    assert resolve_model_path(str(tiny_model_dir)) == str(tiny_model_dir)
+    assert resolve_model_path("bert-base-uncased") == "bert-base-uncased"
+
+
+def test_load_encoder_local_dir(tiny_model_dir: Path) -> None:
+    encoder, tokenizer = load_encoder(str(tiny_model_dir))
+    assert encoder.config.hidden_size == 32
+    assert tokenizer.is_fast and len(tokenizer) == 30522
+
+
+def test_load_encoder_offline_hub_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MtfuseError, match=r"nobody-xyz/no-such-model.*not a local directory.*offline\?"):
+        load_encoder("nobody-xyz/no-such-model")
+
+
+def test_load_encoder_missing_dir_and_dir_without_config(tmp_path: Path) -> None:
+    with pytest.raises(MtfuseError, match="no such directory"):
+        load_encoder(str(tmp_path / "not" / "there"))
+    with pytest.raises(MtfuseError, match="has no config.json"):
+        load_encoder(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------ heads
+
+
+def test_head_registry_names() -> None:
+    assert HEADS.names() == ["classification", "multilabel", "regression", "token_classification"]
+
+
+def test_head_output_shapes(model_and_tokenizer, batch) -> None:
+    model, _ = model_and_tokenizer
+    b, t = batch["input_ids"].shape
+    out = model.forward_all(batch, model.tasks)
+    assert out["sent"].shape == (b, 3)
+    assert out["score"].shape == (b,)
+    assert out["tags"].shape == (b, 4)
+    assert out["ner"].shape == (b, t, 5)
+
+
+def test_head_init_like_hf_bert() -> None:
+    head = HEADS.get("classification")(64, 2, "cls", 0.0, 0.02)
+    assert torch.count_nonzero(head.classifier.bias) == 0
+    assert 0.01 < head.classifier.weight.std().item() < 0.03
+
+
+def test_pool_mean_ignores_padding() -> None:
+    hidden = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    got = pool(hidden, mask, None, "mean")
+    torch.testing.assert_close(got[0], hidden[0, :2].mean(0))
+    torch.testing.assert_close(got[1], hidden[1].mean(0))
+    changed = hidden.clone()
+    changed[0, 2:] = 1e6  # padding content must not matter
+    torch.testing.assert_close(pool(changed, mask, None, "mean"), got)
+
+
+def test_pool_cls_and_pooler() -> None:
+    hidden = torch.randn(2, 4, 3)
+    pooled = torch.randn(2, 3)
+    assert torch.equal(pool(hidden, None, None, "cls"), hidden[:, 0])
+    assert pool(hidden, None, pooled, "pooler") is pooled
+    with pytest.raises(MtfuseError, match="no pooler.*cls or mean"):
+        pool(hidden, None, None, "pooler")
+    with pytest.raises(ConfigError, match="unknown pooling 'max'"):
+        pool(hidden, None, None, "max")
+
+
+def test_pooler_head_uses_encoder_pooler_output(model_and_tokenizer, batch) -> None:
+    model, _ = model_and_tokenizer
+    hidden, pooled = model.encode(batch)
+    ref = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        token_type_ids=batch["token_type_ids"])  # fmt: skip
+    assert pooled is not None
+    torch.testing.assert_close(pooled, ref.pooler_output)
+    torch.testing.assert_close(hidden, ref.last_hidden_state)
+    torch.testing.assert_close(model("sent", batch), model.heads["sent"].classifier(pooled))
+
+
+def test_encoder_without_pooler_gives_clear_error(tiny_model_dir: Path, batch) -> None:
+    encoder = BertModel.from_pretrained(str(tiny_model_dir), add_pooling_layer=False)
+    model = MultiTaskModel.build(encoder, {"sent": SPECS["sent"]})
+    with pytest.raises(MtfuseError, match="no pooler"):
+        model("sent", batch)
+
+
+def test_unknown_head_or_pooling_fails_at_build(model_and_tokenizer) -> None:
+    model, _ = model_and_tokenizer
+    with pytest.raises(ConfigError, match="unknown head 'nope'"):
+        MultiTaskModel.build(model.encoder, {"x": HeadSpec("x", "classification", "nope", 2, "cls", 0.1)})
+    with pytest.raises(ConfigError, match="unknown pooling 'max'"):
+        MultiTaskModel.build(
+            model.encoder, {"x": HeadSpec("x", "classification", "classification", 2, "max", 0.1)}
+        )
+
+
+def test_matches_hf_sequence_and_token_classification(
+    tiny_model_dir: Path, model_and_tokenizer, batch
+) -> None:
+    """With the same weights, our pooler + classification head is BertForSequenceClassification, and the token
+    head is BertForTokenClassification."""
+    model, _ = model_and_tokenizer
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    seq = BertForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=3).eval()
+    seq.classifier.load_state_dict(model.heads["sent"].classifier.state_dict())
+    torch.testing.assert_close(model("sent", batch), seq(**inputs).logits)
+    tok = BertForTokenClassification.from_pretrained(str(tiny_model_dir), num_labels=5).eval()
+    tok.classifier.load_state_dict(model.heads["ner"].classifier.state_dict())
+    torch.testing.assert_close(model("ner", batch), tok(**inputs).logits)
+
+
+def test_heads_follow_encoder_dtype(tiny_model_dir: Path) -> None:
+    encoder, _ = load_encoder(str(tiny_model_dir))
+    model = MultiTaskModel.build(encoder.to(torch.bfloat16), SPECS)
+    assert all(p.dtype == torch.bfloat16 for p in model.heads.parameters())
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def test_forward_equals_forward_all(model_and_tokenizer, batch) -> None:
+    model, _ = model_and_tokenizer
+    with torch.no_grad():
+        together = model.forward_all(batch, ["sent", "ner", "score"])
+        assert list(together) == ["sent", "ner", "score"]
+        for task, logits in together.items():
+            torch.testing.assert_close(model(task, batch), logits)
+
+
+def test_forward_all_runs_the_encoder_once(model_and_tokenizer, batch) -> None:
+    model, _ = model_and_tokenizer
+    calls = []
+    handle = model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        model.forward_all(batch, model.tasks)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+
+
+def test_unknown_task_lists_tasks(model_and_tokenizer, batch) -> None:
+    model, _ = model_and_tokenizer
+    with pytest.raises(MtfuseError, match=r"unknown task 'nope'.*\[sent, score, tags, ner\]"):
+        model("nope", batch)
+    with pytest.raises(MtfuseError, match="unknown task 'nope'"):
+        model.forward_all(batch, ["sent", "nope"])
+
+
+def test_task_name_clashing_with_moduledict_attribute(model_and_tokenizer) -> None:
+    model, _ = model_and_tokenizer
+    with pytest.raises(MtfuseError, match="task name 'update'"):
+        MultiTaskModel.build(
+            model.encoder, {"update": HeadSpec("update", "c", "classification", 2, "cls", 0.1)}
+        )
+
+
+# ------------------------------------------------------------------------------------------ save / load
+
+
+def test_save_layout(saved_dir: Path) -> None:
+    names = {p.name for p in saved_dir.iterdir()}
+    assert {"config.json", "model.safetensors", HEADS_WEIGHTS, HEADS_JSON, "tokenizer.json"} <= names
+    assert not [n for n in names if ".tmp-" in n]
+    meta = json.loads((saved_dir / HEADS_JSON).read_text())
+    assert meta["format_version"] == 1
+    assert [h["task"] for h in meta["heads"]] == list(SPECS)
+    keys = set(load_file(str(saved_dir / HEADS_WEIGHTS)))
+    assert "sent.classifier.weight" in keys and "ner.classifier.bias" in keys and len(keys) == 8
+
+
+def test_save_load_round_trip(model_and_tokenizer, batch, saved_dir: Path) -> None:
+    model, tokenizer = model_and_tokenizer
+    loaded, loaded_tok = MultiTaskModel.load(saved_dir)
+    assert not loaded.training
+    assert loaded.specs == model.specs
+    assert (
+        loaded_tok is not None
+        and loaded_tok("hello world")["input_ids"] == tokenizer("hello world")["input_ids"]
+    )
+    with torch.no_grad():
+        before = model.forward_all(batch, model.tasks)
+        after = loaded.forward_all(batch, loaded.tasks)
+    for task in model.tasks:
+        assert torch.equal(before[task], after[task]), task
+
+
+def test_saved_encoder_loads_with_plain_automodel(model_and_tokenizer, batch, saved_dir: Path) -> None:
+    model, _ = model_and_tokenizer
+    plain = AutoModel.from_pretrained(str(saved_dir)).eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        assert torch.equal(plain(**inputs).last_hidden_state, model.encode(batch)[0])
+
+
+def test_load_without_tokenizer_files(model_and_tokenizer, tmp_path: Path) -> None:
+    model, _ = model_and_tokenizer
+    model.save(tmp_path / "m")
+    _, tokenizer = MultiTaskModel.load(tmp_path / "m")
+    assert tokenizer is None
+
+
+def _drop_tensor(d: Path) -> None:
+    tensors = load_file(str(d / HEADS_WEIGHTS))
+    del tensors["score.classifier.bias"]
+    save_file(tensors, str(d / HEADS_WEIGHTS))
+
+
+def _reshape_tensor(d: Path) -> None:
+    tensors = load_file(str(d / HEADS_WEIGHTS))
+    tensors["sent.classifier.weight"] = torch.zeros(7, 32)
+    save_file(tensors, str(d / HEADS_WEIGHTS))
+
+
+def _edit_json(d: Path, edit) -> None:
+    meta = json.loads((d / HEADS_JSON).read_text())
+    edit(meta)
+    (d / HEADS_JSON).write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("breakage", "file", "message"),
+    [
+        (lambda d: (d / HEADS_JSON).unlink(), HEADS_JSON, "missing"),
+        (lambda d: (d / HEADS_JSON).write_text("{not json"), HEADS_JSON, "not valid JSON"),
+        (lambda d: _edit_json(d, lambda m: m["heads"][1].pop("num_outputs")), HEADS_JSON, "num_outputs"),
+        (lambda d: _edit_json(d, lambda m: m.update(format_version=9)), HEADS_JSON, "format_version"),
+        (
+            lambda d: _edit_json(d, lambda m: m["heads"][0].update(head="nope")),
+            HEADS_JSON,
+            "unknown head 'nope'",
+        ),
+        (lambda d: (d / HEADS_WEIGHTS).unlink(), HEADS_WEIGHTS, "missing"),
+        (lambda d: (d / HEADS_WEIGHTS).write_bytes(b"garbage"), HEADS_WEIGHTS, "safetensors"),
+        (_drop_tensor, HEADS_WEIGHTS, "missing tensor 'score.classifier.bias'"),
+        (_reshape_tensor, HEADS_WEIGHTS, r"'sent.classifier.weight' has shape \[7, 32\]"),
+    ],
+    ids=[
+        "no-json",
+        "bad-json",
+        "no-field",
+        "version",
+        "bad-head",
+        "no-weights",
+        "bad-weights",
+        "no-tensor",
+        "shape",
+    ],
+)
+def test_load_errors_name_the_file(
+    saved_dir: Path, tmp_path: Path, breakage, file: str, message: str
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_dir, broken)
+    breakage(broken)
+    with pytest.raises(MtfuseError, match=message) as info:
+        MultiTaskModel.load(broken)
+    assert file in str(info.value)
