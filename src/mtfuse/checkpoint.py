@@ -74,9 +74,12 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda{i}"] = s
-    np_state = np.random.get_state(legacy=False)
+    name, keys, pos, has_gauss, gauss = np.random.get_state()  # type: ignore[misc]
     py = random.getstate()
-    return tensors, {"numpy": np_state, "python": [py[0], list(py[1]), py[2]]}
+    return tensors, {
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": [py[0], list(py[1]), py[2]],
+    }
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -84,7 +87,8 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
-    np.random.set_state(meta["numpy"])
+    name, keys, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     py = meta["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
 

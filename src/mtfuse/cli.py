@@ -133,8 +133,8 @@ def data_check(
         for s, info in splits.items():
             lab = info.get("labels") or info.get("range")
             lab_s = ", ".join(f"{k}:{v}" for k, v in lab.items()) if isinstance(lab, dict) else str(lab)
-            if len(lab_s) > 60:
-                lab_s = f"{len(lab)} labels: " + lab_s[:50] + "..."
+            if isinstance(lab, dict) and len(lab) > 6:
+                lab_s = f"{len(lab)} labels"
             table.add_row(name, s, str(info["examples"]), lab_s, str(info["tokens_mean"]), str(info["tokens_p95"]),
                           str(info["tokens_max"]), str(info["truncated"]))
     console.print(table)
@@ -151,7 +151,19 @@ def demo(
     run_demo(output, overrides or [], console)
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bar is enough: silence the HF weight-loading bars and their info logs."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> None:
+    _quiet_libraries()
     try:
         app(args=argv, standalone_mode=False)
     except MtfuseError as e:
