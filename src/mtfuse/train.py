@@ -215,8 +215,12 @@ def train(
         log.write({"step": 0, "event": "start", "total_steps": total, "steps_per_epoch": steps_per_epoch,
                    "sizes": sizes, "processes": world, "sampling_probs": sampler.probs(0)})
 
+    last_eval: dict[str, Any] = {}  # the latest evaluation, reused at the end when it scored the final weights
+
     def evaluate_now() -> dict[str, Any]:
-        metrics, _ = evaluate_tasks(core, tasks, "dev", cfg.train.eval_batch_size, acc.device, pad_id, acc.autocast)
+        metrics, outputs = evaluate_tasks(core, tasks, "dev", cfg.train.eval_batch_size, acc.device, pad_id,
+                                          acc.autocast)
+        last_eval.update(step=state.step, metrics=metrics, outputs=outputs)
         return with_average(metrics)
 
     def checkpoint_now() -> None:
@@ -319,8 +323,11 @@ def train(
     acc.wait_for_everyone()
     if not main:
         return {}
-    metrics, outputs = evaluate_tasks(final_model, tasks, "dev", cfg.train.eval_batch_size, acc.device, pad_id,
-                                      acc.autocast)
+    if final_model is core and last_eval.get("step") == state.step:
+        metrics, outputs = last_eval["metrics"], last_eval["outputs"]
+    else:
+        metrics, outputs = evaluate_tasks(final_model, tasks, "dev", cfg.train.eval_batch_size, acc.device, pad_id,
+                                          acc.autocast)
     final = with_average(metrics)
     for n, (p, pr) in outputs.items():
         rundir.write_jsonl(out / rundir.PREDICTIONS / f"{n}.jsonl", records(tasks[n], p, pr, tasks[n].gold["dev"]))
