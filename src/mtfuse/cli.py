@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mtfuse.errors import MtfuseError
@@ -167,7 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except MtfuseError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # plain text, not markup: a "[a, b]" list of choices must not be taken for a style tag and dropped
+        message = escape(str(e))
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, emoji=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -242,7 +242,10 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
     cfg = _substitute(cfg)
-    validate_methods(cfg)
+    try:
+        validate_methods(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     return cfg
 
 
@@ -271,10 +274,14 @@ def validate_methods(cfg: RunConfig) -> None:
     from mtfuse.weighting import WEIGHTINGS
 
     for t in cfg.tasks:
-        TASK_TYPES.get(t.type)
-        READERS.get(t.data.format)
-        for m in t.metrics or []:
-            METRICS.get(m)
+        named: list[tuple[str, Any, str]] = [("type", TASK_TYPES, t.type)]
+        named.append(("data.format", READERS, t.data.format))
+        named += [("metrics", METRICS, m) for m in t.metrics or []]
+        for key, registry, value in named:
+            try:
+                registry.get(value)
+            except ConfigError as err:
+                raise ConfigError(f"tasks.{t.name}.{key}: {err}") from None
     params_check(SAMPLERS.get(cfg.sampling.method), cfg.sampling, "sampling")
     params_check(WEIGHTINGS.get(cfg.weighting.method), cfg.weighting, "weighting")
 

@@ -24,8 +24,11 @@ def looks_like_run(path: Path) -> bool:
     return any((path / n).exists() for n in (CONFIG, MODEL, CHECKPOINTS, METRICS))
 
 
-def prepare_output(path: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to write over an existing run unless asked to resume or overwrite it."""
+def prepare_output(path: Path, resume: bool, overwrite: bool, clear: bool = True) -> None:
+    """Refuse to write over an existing run unless asked to resume or overwrite it.
+
+    With ``clear=False`` only check (so a refusal comes before any slow work); the old run's files are removed
+    by a later call with ``clear=True``, once the new run's data and model are known to be good."""
     if resume and overwrite:
         raise MtfuseError("--resume and --overwrite exclude each other")
     if path.exists() and not path.is_dir():
@@ -39,6 +42,8 @@ def prepare_output(path: Path, resume: bool, overwrite: bool) -> None:
             raise MtfuseError(
                 f"{path}: already holds a run; pass --resume to continue it or --overwrite to replace it"
             )
+        if not clear:
+            return
         for n in (CONFIG, MODEL, CHECKPOINTS, METRICS, RESULTS, PREDICTIONS, LOG, "tb", "best_model"):
             p = path / n
             if p.is_dir():

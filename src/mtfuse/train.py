@@ -60,7 +60,12 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
         precision = "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
     # Only one task's head runs in a sampled step, so DDP must allow unused parameters.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=cfg.train.cpu, mixed_precision=precision, kwargs_handlers=[ddp])
+    # Launched as several processes (torchrun / accelerate launch set WORLD_SIZE) on a machine without CUDA:
+    # accelerate joins them in a gloo group only when told cpu=True; otherwise each would run alone as
+    # "process 0 of 1", all writing the same run directory.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu = cfg.train.cpu or (launched and not torch.cuda.is_available())
+    return Accelerator(cpu=cpu, mixed_precision=precision, kwargs_handlers=[ddp])
 
 
 def head_specs(tasks: dict[str, TaskData], cfg: RunConfig, dropout: float) -> dict[str, HeadSpec]:
@@ -141,7 +146,7 @@ def train(
     acc = make_accelerator(cfg)
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     if main:
-        rundir.prepare_output(out, resume, overwrite)
+        rundir.prepare_output(out, resume, overwrite, clear=False)  # refuse now; --overwrite clears later
     acc.wait_for_everyone()
 
     # ---- data and model (all checks happen before anything is written) ------------------------------
@@ -187,6 +192,7 @@ def train(
     core: MultiTaskModel = acc.unwrap_model(model)
 
     state = LoopState()
+    running: dict[str, list[float]] = {n: [] for n in tasks}  # task losses since the last log record
     if resume:
         ckpt = latest_checkpoint(out / rundir.CHECKPOINTS)
         if ckpt is None:
@@ -200,7 +206,10 @@ def train(
         if acc.scaler is not None and saved.get("scaler"):
             acc.scaler.load_state_dict(saved["scaler"])
         state = LoopState(**saved["loop"])
+        # losses of the steps between the last log record and the checkpoint: the next record averages them
+        running.update({n: list(v) for n, v in saved.get("running", {}).items() if n in running})
     elif main:
+        rundir.prepare_output(out, resume, overwrite)  # data and model are good: only now replace an old run
         out.mkdir(parents=True, exist_ok=True)
         (out / rundir.CONFIG).write_text(dump(cfg), encoding="utf-8")
     acc.wait_for_everyone()
@@ -210,7 +219,8 @@ def train(
     if main and cfg.train.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        tb = SummaryWriter(str(out / "tb"), purge_step=state.step if resume else None)
+        # hide what was logged after the checkpoint step (it is redone); that step's own eval is kept
+        tb = SummaryWriter(str(out / "tb"), purge_step=state.step + 1 if resume else None)
     if main and not resume:
         log.write({"step": 0, "event": "start", "total_steps": total, "steps_per_epoch": steps_per_epoch,
                    "sizes": sizes, "processes": world, "sampling_probs": sampler.probs(0)})
@@ -231,6 +241,7 @@ def train(
             "streams": {n: s.state_dict() for n, s in streams.items()},
             "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
             "loop": state.__dict__,
+            "running": running,
         }
         save_checkpoint(out / rundir.CHECKPOINTS, state.step, core, optimizer, payload,
                         cfg.train.keep_checkpoints, main, rank, acc.wait_for_everyone)
@@ -238,7 +249,6 @@ def train(
     # ---- the loop ----------------------------------------------------------------------------------
     model.train()
     bar = tqdm(total=total, initial=state.step, disable=not (main and cfg.train.progress), desc="train")
-    running: dict[str, list[float]] = {n: [] for n in tasks}
     while state.step < total and not state.stopped_early:
         t0 = time.perf_counter()
         for micro in range(accum):

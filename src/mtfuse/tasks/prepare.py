@@ -11,7 +11,7 @@ import numpy as np
 
 from mtfuse.config import RunConfig
 from mtfuse.errors import DataError
-from mtfuse.tasks.features import Encoded, TaskData, Tokenizing, encode_rows, resolve_fields
+from mtfuse.tasks.features import Encoded, TaskData, Tokenizing, check_fields, encode_rows, resolve_fields
 from mtfuse.tasks.readers import READERS
 from mtfuse.tasks.types import TASK_TYPES
 
@@ -64,6 +64,7 @@ def prepare_tasks(
             labels = vocabs[tc.name]
         elif ttype.has_vocab:
             train_rows = rows_by_split.get("train") or read_task_rows(cfg, tc.name, "train")
+            check_fields(train_rows, [*text_fields, label_field], f"task '{tc.name}' split 'train'")
             labels = ttype.vocab(train_rows, label_field, tc.labels)
         else:
             labels = None
