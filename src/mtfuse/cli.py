@@ -142,6 +142,36 @@ def data_check(
 
 
 @app.command()
+def merge(
+    inputs: list[str] = typer.Argument(..., help="run directories to merge, then method parameters as key=value"),
+    method: str = typer.Option(..., "--method", "-m", help="merge method (see --list)"),
+    output: Path = typer.Option(..., "--output", "-o", help="run directory to write"),
+    base: str = typer.Option(None, help="base (pretrained) model; default: the runs' model.name_or_path"),
+    weights: str = typer.Option(None, help="per-model weights, comma separated (default: equal)"),
+    seed: int = typer.Option(0, help="seed of random methods (DARE, DELLA)"),
+    max_distance: float = typer.Option(0.5, help="refuse inputs further than this (relative L2) from the base"),
+    evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="score the merged model on dev"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
+) -> None:
+    """Merge the encoders of fine-tuned runs into one model that keeps every run's task heads."""
+    from mtfuse.fusion.merging import merge_runs, parse_params
+
+    runs = [Path(i) for i in inputs if "=" not in i]
+    params = parse_params([i for i in inputs if "=" in i])
+    w = [float(x) for x in weights.split(",")] if weights else None
+    record = merge_runs(runs, method, output, params, base, w, seed, overwrite, max_distance)
+    dist = ", ".join(f"{Path(k).name}: {v:.4f}" for k, v in record["distance_to_base"].items())
+    console.print(f"merged {len(runs)} runs with {method} into {output} ({record['merge_seconds']} s)")
+    if dist:
+        console.print(f"distance to base (relative L2): {dist}")
+    if evaluate:
+        from mtfuse.evaluate import evaluate_run
+
+        result, _ = evaluate_run(output, "dev", [], output / "metrics.json")
+        console.print(metrics_table(f"dev metrics ({output})", result["tasks"], average=result["average"]))
+
+
+@app.command()
 def demo(
     output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="run directory"),
     overrides: list[str] = OVERRIDES,
