@@ -17,6 +17,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # The pin matters: an unpinned torch pulls a multi-GB CUDA build on a CPU machine.
   .venv/bin/python -m pip install -q "torch==2.13.0"
   .venv/bin/python -m pip install -q -e ".[dev]"
+  # LibMTL is a test-only reference; its metadata asks for torchvision, which it does not need for the
+  # weighting code the tests compare against (and which would pull another torch build).
+  .venv/bin/python -m pip install -q --no-deps "libmtl==1.1.5"
   echo "$want" > "$stamp"
 fi
 case "${1:-}" in

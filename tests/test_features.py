@@ -12,7 +12,14 @@ from transformers import AutoTokenizer
 from mtfuse.config import TaskConfig
 from mtfuse.errors import ConfigError, DataError
 from mtfuse.model import resolve_model_path
-from mtfuse.tasks.features import TaskData, Tokenizing, align_token_labels, collate, encode_rows, resolve_fields
+from mtfuse.tasks.features import (
+    TaskData,
+    Tokenizing,
+    align_token_labels,
+    collate,
+    encode_rows,
+    resolve_fields,
+)
 from mtfuse.tasks.types import IGNORE_INDEX, TASK_TYPES
 
 
@@ -22,7 +29,9 @@ def tok():
 
 
 def make_task(type_: str, text_fields: list[str], label_field: str = "label", labels=None) -> TaskData:
-    cfg = TaskConfig(name="t", type=type_, data={"format": "jsonl"}, text_fields=text_fields, label_field=label_field)
+    cfg = TaskConfig(
+        name="t", type=type_, data={"format": "jsonl"}, text_fields=text_fields, label_field=label_field
+    )
     ttype = TASK_TYPES.get(type_)
     return TaskData(cfg, ttype, text_fields, label_field, labels)
 
@@ -38,22 +47,32 @@ def test_classification_vocab_and_unknown_dev_label(tok, tmp_path: Path) -> None
     assert task.labels == ["neg", "pos"]
     enc, gold = encode_rows(train, task, "train", Tokenizing(tok, tmp_path))
     assert gold == [1, 0] and enc.labels == [1, 0]
-    with pytest.raises(DataError, match=r"f.jsonl:2 \(field 'label'\): label 'meh' in split 'dev' is not among"):
-        encode_rows(rows({"text": "x", "label": "pos"}, {"text": "y", "label": "meh"}), task, "dev",
-                    Tokenizing(tok, None))
+    with pytest.raises(
+        DataError, match=r"f.jsonl:2 \(field 'label'\): label 'meh' in split 'dev' is not among"
+    ):
+        encode_rows(
+            rows({"text": "x", "label": "pos"}, {"text": "y", "label": "meh"}),
+            task,
+            "dev",
+            Tokenizing(tok, None),
+        )
 
 
 def test_regression_rejects_non_numeric_targets(tok) -> None:
     task = make_task("regression", ["a", "b"])
     enc, gold = encode_rows(rows({"a": "x", "b": "y", "label": "3.5"}), task, "train", Tokenizing(tok, None))
     assert gold == [3.5]
-    with pytest.raises(DataError, match=r"f.jsonl:1 \(field 'label'\): regression target 'high' is not a number"):
+    with pytest.raises(
+        DataError, match=r"f.jsonl:1 \(field 'label'\): regression target 'high' is not a number"
+    ):
         encode_rows(rows({"a": "x", "b": "y", "label": "high"}), task, "train", Tokenizing(tok, None))
 
 
 def test_missing_column_and_empty_split(tok) -> None:
     task = make_task("classification", ["text"], labels=["a", "b"])
-    with pytest.raises(DataError, match=r"f.jsonl:1: missing column 'text' \(columns present: \['label', 'txt'\]\)"):
+    with pytest.raises(
+        DataError, match=r"f.jsonl:1: missing column 'text' \(columns present: \['label', 'txt'\]\)"
+    ):
         encode_rows(rows({"txt": "x", "label": "a"}), task, "train", Tokenizing(tok, None))
     with pytest.raises(DataError, match="split is empty"):
         encode_rows([], task, "train", Tokenizing(tok, None))
@@ -61,14 +80,18 @@ def test_missing_column_and_empty_split(tok) -> None:
 
 def test_pair_tokenisation_uses_segment_ids(tok) -> None:
     task = make_task("pair_classification", ["s1", "s2"], labels=["0", "1"])
-    enc, _ = encode_rows(rows({"s1": "a cat", "s2": "a dog", "label": "1"}), task, "train", Tokenizing(tok, None))
+    enc, _ = encode_rows(
+        rows({"s1": "a cat", "s2": "a dog", "label": "1"}), task, "train", Tokenizing(tok, None)
+    )
     ids, tt = enc.input_ids[0], enc.token_type_ids[0]
     assert tok.decode(ids) == "[CLS] a cat [SEP] a dog [SEP]"
     assert tt.tolist() == [0, 0, 0, 0, 1, 1, 1]
 
 
 def test_text_field_count_checked() -> None:
-    cfg = TaskConfig(name="t", type="pair_classification", data={"format": "tsv"}, text_fields=["a"], label_field="l")
+    cfg = TaskConfig(
+        name="t", type="pair_classification", data={"format": "tsv"}, text_fields=["a"], label_field="l"
+    )
     with pytest.raises(ConfigError, match="takes 2 text field"):
         resolve_fields(cfg, (None, None))
     cfg2 = TaskConfig(name="t", type="classification", data={"format": "tsv"})
@@ -79,7 +102,10 @@ def test_text_field_count_checked() -> None:
 def test_token_labels_on_first_subword_only(tok) -> None:
     task = make_task("token_classification", ["tokens"], "tags", labels=["B-PER", "I-PER", "O"])
     enc, gold = encode_rows(
-        rows({"tokens": ["Johanssonovich", "runs"], "tags": ["B-PER", "O"]}), task, "train", Tokenizing(tok, None)
+        rows({"tokens": ["Johanssonovich", "runs"], "tags": ["B-PER", "O"]}),
+        task,
+        "train",
+        Tokenizing(tok, None),
     )
     wids, labs = enc.word_ids[0], enc.labels[0]
     assert gold == [["B-PER", "O"]]
@@ -124,8 +150,12 @@ def test_tokenisation_cache_is_reused_and_keyed_by_content(tok, tmp_path: Path) 
 
 def test_collate_pads_dynamically(tok) -> None:
     task = make_task("token_classification", ["tokens"], "tags", labels=["O", "X"])
-    enc, _ = encode_rows(rows({"tokens": ["a"], "tags": ["O"]}, {"tokens": ["a", "b", "c"], "tags": ["O", "X", "O"]}),
-                         task, "train", Tokenizing(tok, None))
+    enc, _ = encode_rows(
+        rows({"tokens": ["a"], "tags": ["O"]}, {"tokens": ["a", "b", "c"], "tags": ["O", "X", "O"]}),
+        task,
+        "train",
+        Tokenizing(tok, None),
+    )
     batch = collate(enc, [0, 1], tok.pad_token_id, task.type)
     assert batch["input_ids"].shape == (2, 5)
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]

@@ -25,7 +25,9 @@ def run_cli(argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shared_data_dir: Path) -> dict[str, Path]:
+def runs(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, shared_data_dir: Path
+) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("merge_runs")
     cfg = root / "c.yaml"
     cfg.write_text(
@@ -49,8 +51,21 @@ def encoder(run: Path) -> dict[str, torch.Tensor]:
 
 def test_merge_keeps_heads_and_evaluates(runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "merged"
-    assert run_cli(["merge", str(runs["cola"]), str(runs["stsb"]), "--method", "ties", "density=0.5",
-                    "--output", str(out)]) == 0
+    assert (
+        run_cli(
+            [
+                "merge",
+                str(runs["cola"]),
+                str(runs["stsb"]),
+                "--method",
+                "ties",
+                "density=0.5",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     model, tok = MultiTaskModel.load(out / "model")
     assert sorted(model.specs) == ["cola", "stsb"]
     heads = load_file(str(out / "model" / "heads.safetensors"))
@@ -122,10 +137,28 @@ def test_distant_input_and_non_finite_weights_are_refused(runs: dict[str, Path],
 
 
 def test_cli_errors_are_one_line(runs: dict[str, Path], tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
-    assert run_cli(["merge", str(runs["cola"]), str(runs["stsb"]), "--method", "nope", "-o", str(tmp_path / "a")]) == 2
+    assert (
+        run_cli(
+            ["merge", str(runs["cola"]), str(runs["stsb"]), "--method", "nope", "-o", str(tmp_path / "a")]
+        )
+        == 2
+    )
     assert "unknown merge method 'nope'" in capfd.readouterr().err
-    assert run_cli(["merge", str(runs["cola"]), str(runs["stsb"]), "--method", "ties", "bogus=1",
-                    "-o", str(tmp_path / "a")]) == 2
+    assert (
+        run_cli(
+            [
+                "merge",
+                str(runs["cola"]),
+                str(runs["stsb"]),
+                "--method",
+                "ties",
+                "bogus=1",
+                "-o",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 2
+    )
     assert "unknown parameter 'bogus'" in capfd.readouterr().err
     (tmp_path / "exists").mkdir()
     (tmp_path / "exists" / "keep.txt").write_text("mine")

@@ -47,15 +47,23 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def test_readme_mtfuse_commands_run(tmp_path: Path, tiny_model_dir: Path, shared_data_dir: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_mtfuse_commands_run(
+    tmp_path: Path, tiny_model_dir: Path, shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Run every `mtfuse ...` line of the README in order, in a scratch folder, with the tiny model and
     small subsets added (the commands themselves are unchanged otherwise)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     (tmp_path / "in.jsonl").write_text('{"sentence": "a gripping , funny film ."}\n')
-    small = [f"model.name_or_path={tiny_model_dir}", f"cache_dir={tmp_path / 'cache'}", "subset.train=16",
-             "subset.eval=8", "train.max_steps=2", "train.progress=false", f"data_dir={shared_data_dir}"]
+    small = [
+        f"model.name_or_path={tiny_model_dir}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "subset.train=16",
+        "subset.eval=8",
+        "train.max_steps=2",
+        "train.progress=false",
+        f"data_dir={shared_data_dir}",
+    ]
     ran = []
     for cmd in commands():
         argv = shlex.split(cmd)
@@ -81,9 +89,12 @@ def test_readme_mtfuse_commands_run(tmp_path: Path, tiny_model_dir: Path, shared
 def test_readme_python_api(tmp_path: Path, tiny_model_dir: Path, shared_data_dir: Path) -> None:
     block = re.search(r"```python\n(.*?)```", README, flags=re.S)
     assert block is not None
-    code = block.group(1).replace('"data_dir=../shared/data"', f'"data_dir={shared_data_dir}", '
-                                  f'"model.name_or_path={tiny_model_dir}", "cache_dir={tmp_path / "c"}", '
-                                  '"train.progress=false"')
+    code = block.group(1).replace(
+        '"data_dir=../shared/data"',
+        f'"data_dir={shared_data_dir}", '
+        f'"model.name_or_path={tiny_model_dir}", "cache_dir={tmp_path / "c"}", '
+        '"train.progress=false"',
+    )
     code = code.replace('"runs/glue-small"', repr(str(tmp_path / "run")))
     code = code.replace('"train.max_steps=50"', '"train.max_steps=2", "subset.eval=8"')
     ns: dict = {}

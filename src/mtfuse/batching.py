@@ -17,7 +17,9 @@ class BatchStream:
 
     MEGA = 50
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, group_by_length: bool = False) -> None:
+    def __init__(
+        self, lengths: np.ndarray, batch_size: int, seed: int, group_by_length: bool = False
+    ) -> None:
         self.lengths = lengths
         self.n = len(lengths)
         self.batch_size = batch_size

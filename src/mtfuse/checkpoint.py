@@ -64,7 +64,8 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
     state: dict[int, dict[str, Any]] = {}
     for pid, st in meta["state"].items():
         state[int(pid)] = {
-            k: tensors[v["__tensor__"]] if isinstance(v, dict) and "__tensor__" in v else v for k, v in st.items()
+            k: tensors[v["__tensor__"]] if isinstance(v, dict) and "__tensor__" in v else v
+            for k, v in st.items()
         }
     return {"state": state, "param_groups": meta["param_groups"]}
 
@@ -127,6 +128,7 @@ def save_checkpoint(
     is_main: bool,
     rank: int,
     barrier: Any,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write a checkpoint. Every process calls this (each writes its own RNG state); ``barrier`` syncs them."""
     name = f"step-{step:07d}"
@@ -148,6 +150,11 @@ def save_checkpoint(
         save_file(ot, str(tmp / "optimizer.safetensors"))
         write_json_atomic(tmp / "optimizer.json", om)
         write_json_atomic(tmp / "state.json", state)
+        if extra_tensors:  # large method state (some gradient methods keep per-task gradient statistics)
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in extra_tensors.items()},
+                str(tmp / "extra.safetensors"),
+            )
         (tmp / "COMPLETE").write_text("ok\n")
         final = root / name
         if final.exists():
@@ -176,8 +183,15 @@ def load_checkpoint(
         optimizer.load_state_dict(unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), om))
         rank_file = path / f"rng-{rank}.safetensors"
         if not rank_file.exists():
-            raise MtfuseError(f"{path}: no RNG state for process {rank}; resume with the same number of processes")
+            raise MtfuseError(
+                f"{path}: no RNG state for process {rank}; resume with the same number of processes"
+            )
         set_rng_state(load_file(str(rank_file)), json.loads((path / f"rng-{rank}.json").read_text()))
         return json.loads((path / "state.json").read_text())
     except (OSError, json.JSONDecodeError, KeyError, ValueError, RuntimeError) as e:
         raise MtfuseError(f"{path}: cannot resume from this checkpoint: {e}") from None
+
+
+def load_extra_tensors(path: Path) -> dict[str, torch.Tensor]:
+    p = path / "extra.safetensors"
+    return load_file(str(p)) if p.exists() else {}

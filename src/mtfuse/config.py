@@ -44,6 +44,9 @@ class TaskConfig(Strict):
     max_length: int = 128
     loss_weight: float = 1.0
     pooling: Literal["pooler", "cls", "mean"] | None = None  # default: model.pooling
+    # encoder layer the head reads (hierarchical sharing); default: last. The index into HF hidden_states:
+    # 0 = embeddings, 1..L = transformer layers, negative = from the top (-1 = last)
+    layer: int | None = None
 
     @field_validator("name")
     @classmethod
@@ -53,10 +56,18 @@ class TaskConfig(Strict):
         return v
 
 
+class SharingConfig(BaseModel):
+    """``method`` (hard, soft, adapters, mmoe: ``mtfuse.model.sharing``) plus that method's own parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    method: str = "hard"
+
+
 class ModelConfig(Strict):
     name_or_path: str = "default"  # 'default' = the packaged all-MiniLM-L6-v2 encoder
     pooling: Literal["pooler", "cls", "mean"] = "pooler"  # 'pooler' = the encoder's own pooler, as in HF
     head_dropout: float | None = None  # default: the encoder's hidden_dropout_prob
+    sharing: SharingConfig = Field(default_factory=SharingConfig)  # how tasks share the encoder
 
 
 class TrainConfig(Strict):
@@ -83,6 +94,13 @@ class TrainConfig(Strict):
     select: Literal["last", "best"] = "last"  # which weights end up in run_dir/model
     early_stopping_patience: int | None = None  # evaluations without improvement before stopping
     group_by_length: bool = False
+    step_mode: Literal["sampled", "joint"] = (
+        "sampled"  # sampled: one task's batch a step; joint: every task's
+    )
+    joint_tasks: int | None = (
+        None  # joint mode: a sampled subset of k tasks per step (loss-level methods only)
+    )
+    diagnostics: bool = True  # at every evaluation, log the cosine matrix of task gradients (the conflicts)
     log_every: int = 10
     tensorboard: bool = True
     progress: bool = True

@@ -42,7 +42,9 @@ def run_demo(output: Path, overrides: list[str], console: Console) -> dict[str, 
         return {}
     tasks = prepare_tasks(cfg, load_tokenizer(cfg.model.name_or_path), ["train", "dev"])
     base = {n: majority_scores(t) for n, t in tasks.items()}
-    console.print(metrics_table("demo: dev metrics vs majority-class baseline", final["tasks"], base, final["average"]))
+    console.print(
+        metrics_table("demo: dev metrics vs majority-class baseline", final["tasks"], base, final["average"])
+    )
     rundir.write_json(output / "baseline.json", base)
     console.print(
         f"run directory: {output}\n"

@@ -1,14 +1,19 @@
-"""THE training loop: explicit, top to bottom, on `accelerate` (one process, or many with `accelerate launch`).
+"""THE training loop: explicit, top to bottom, on `accelerate` (one process, or many: `accelerate launch`).
 
-Each optimizer step: the sampler picks a task for each micro-batch, that task's batch (its share of the
+Each optimizer step in step mode 'sampled': the sampler picks a task for each micro-batch, that task's batch (its share of the
 global batch on this process) goes through the encoder and the task's head, the weighting turns the task
 loss into the loss to back-propagate, gradients are clipped, the optimizer and schedule step. Every
 ``eval_every`` steps all tasks are scored on dev; every ``checkpoint_every`` steps a resumable checkpoint is
 written. Single-task training is the same loop with one task.
+
+Step mode 'joint' takes a batch of every task (or of k sampled tasks) in each step. Loss-level weightings
+combine the task losses into one loss; gradient-level methods (PCGrad, MGDA, UPGrad...) get the matrix of
+per-task gradients of the shared parameters and return the update direction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,9 +34,17 @@ from tqdm.auto import tqdm
 import mtfuse
 from mtfuse import rundir
 from mtfuse.batching import BatchStream
-from mtfuse.checkpoint import fault_point, latest_checkpoint, load_checkpoint, save_checkpoint
+from mtfuse.checkpoint import (
+    fault_point,
+    latest_checkpoint,
+    load_checkpoint,
+    load_extra_tensors,
+    save_checkpoint,
+)
 from mtfuse.config import RunConfig, dump, params_check
+from mtfuse.errors import ConfigError
 from mtfuse.evaluate import evaluate_tasks, records, with_average
+from mtfuse.gradients import cosine_matrix, last_shared_weight, task_gradient_matrix, write_gradient
 from mtfuse.model import HeadSpec, MultiTaskModel, load_encoder
 from mtfuse.sampling import SAMPLERS
 from mtfuse.tasks.features import TaskData, collate
@@ -50,6 +63,7 @@ class LoopState:
     stopped_early: bool = False
     train_seconds: float = 0.0
     samples_seen: int = 0
+    epoch_losses: dict[str, list[float]] = field(default_factory=dict)  # task -> [sum, count] this epoch
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -83,9 +97,14 @@ def head_specs(tasks: dict[str, TaskData], cfg: RunConfig, dropout: float) -> di
     }
 
 
-def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    """AdamW / SGD with no weight decay on biases and LayerNorm weights (as the HF Trainer)."""
-    decay, no_decay = [], []
+def build_optimizer(
+    model: torch.nn.Module, cfg: RunConfig, extra: list[torch.nn.Parameter] | None = None
+) -> torch.optim.Optimizer:
+    """AdamW / SGD with no weight decay on biases and LayerNorm weights (as the HF Trainer).
+
+    ``extra``: learnable parameters of the loss weighting (e.g. uncertainty weighting), never decayed.
+    """
+    decay, no_decay = [], list(extra or [])
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -126,7 +145,11 @@ class JsonlLog:
         self.path, self.enabled = path, enabled
         if enabled and resume_step is not None and path.exists():
             # drop what was logged after the checkpoint we resume from: it is about to be redone
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
+            kept = [
+                ln
+                for ln in path.read_text().splitlines()
+                if ln and json.loads(ln).get("step", 0) <= resume_step
+            ]
             path.write_text("".join(ln + "\n" for ln in kept))
 
     def write(self, rec: dict[str, Any]) -> None:
@@ -172,24 +195,54 @@ def train(
     total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     eval_every = cfg.train.eval_every or steps_per_epoch
     ckpt_every = cfg.train.checkpoint_every or eval_every
-    warmup = cfg.train.warmup_steps if cfg.train.warmup_steps is not None else int(cfg.train.warmup_ratio * total)
+    warmup = (
+        cfg.train.warmup_steps if cfg.train.warmup_steps is not None else int(cfg.train.warmup_ratio * total)
+    )
 
     sizes = {n: len(t.splits["train"]) for n, t in tasks.items()}
     sampler_cls = SAMPLERS.get(cfg.sampling.method)
     sampler = sampler_cls(
-        sizes, params_check(sampler_cls, cfg.sampling, "sampling"), cfg.train.seed, steps_per_epoch,
+        sizes,
+        params_check(sampler_cls, cfg.sampling, "sampling"),
+        cfg.train.seed,
+        steps_per_epoch,
         total / steps_per_epoch,
     )
     weighting_cls = WEIGHTINGS.get(cfg.weighting.method)
     weighting = weighting_cls(
-        list(tasks), params_check(weighting_cls, cfg.weighting, "weighting"),
+        list(tasks),
+        params_check(weighting_cls, cfg.weighting, "weighting"),
         {n: t.cfg.loss_weight for n, t in tasks.items()},
     )
 
-    optimizer = build_optimizer(model, cfg)
+    joint = cfg.train.step_mode == "joint"
+    needs_all = (
+        weighting.is_gradient_method or weighting.needs_shared_layer_grads or weighting.needs_updated_losses
+    )
+    if needs_all and not joint:
+        raise ConfigError(
+            f"weighting '{cfg.weighting.method}' needs every task's loss in every step: "
+            "set train.step_mode=joint"
+        )
+    if needs_all and cfg.train.joint_tasks:
+        raise ConfigError(
+            f"weighting '{cfg.weighting.method}' needs every task in every step: unset train.joint_tasks"
+        )
+    if weighting.is_gradient_method and accum > 1:
+        raise ConfigError(
+            f"weighting '{cfg.weighting.method}' aggregates task gradients per step: "
+            "train.grad_accum must be 1 (raise batch_size instead)"
+        )
+    if cfg.train.joint_tasks is not None and not 1 <= cfg.train.joint_tasks <= len(tasks):
+        raise ConfigError(f"train.joint_tasks must be between 1 and the number of tasks ({len(tasks)})")
+    optimizer = build_optimizer(model, cfg, weighting.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.scheduler, warmup, total))
     model, optimizer = acc.prepare(model, optimizer)  # the scheduler is stepped by hand: once per step
     core: MultiTaskModel = acc.unwrap_model(model)
+    shared_named = [(n, p) for n, p in shared_named_parameters(core) if p.requires_grad]
+    shared = [p for _, p in shared_named]
+    shared_ids = {id(p) for p in shared}
+    own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]  # heads, task modules
 
     state = LoopState()
     running: dict[str, list[float]] = {n: [] for n in tasks}  # task losses since the last log record
@@ -201,6 +254,7 @@ def train(
         scheduler.load_state_dict(saved["scheduler"])
         sampler.load_state_dict(saved["sampler"])
         weighting.load_state_dict(saved["weighting"])
+        weighting.load_tensor_state_dict(load_extra_tensors(ckpt))
         for n, s in streams.items():
             s.load_state_dict(saved["streams"][n])
         if acc.scaler is not None and saved.get("scaler"):
@@ -222,14 +276,26 @@ def train(
         # hide what was logged after the checkpoint step (it is redone); that step's own eval is kept
         tb = SummaryWriter(str(out / "tb"), purge_step=state.step + 1 if resume else None)
     if main and not resume:
-        log.write({"step": 0, "event": "start", "total_steps": total, "steps_per_epoch": steps_per_epoch,
-                   "sizes": sizes, "processes": world, "sampling_probs": sampler.probs(0)})
+        log.write(
+            {
+                "step": 0,
+                "event": "start",
+                "total_steps": total,
+                "steps_per_epoch": steps_per_epoch,
+                "sizes": sizes,
+                "processes": world,
+                "sampling_probs": sampler.probs(0),
+            }
+        )
 
-    last_eval: dict[str, Any] = {}  # the latest evaluation, reused at the end when it scored the final weights
+    last_eval: dict[
+        str, Any
+    ] = {}  # the latest evaluation, reused at the end when it scored the final weights
 
     def evaluate_now() -> dict[str, Any]:
-        metrics, outputs = evaluate_tasks(core, tasks, "dev", cfg.train.eval_batch_size, acc.device, pad_id,
-                                          acc.autocast)
+        metrics, outputs = evaluate_tasks(
+            core, tasks, "dev", cfg.train.eval_batch_size, acc.device, pad_id, acc.autocast
+        )
         last_eval.update(step=state.step, metrics=metrics, outputs=outputs)
         return with_average(metrics)
 
@@ -243,8 +309,64 @@ def train(
             "loop": state.__dict__,
             "running": running,
         }
-        save_checkpoint(out / rundir.CHECKPOINTS, state.step, core, optimizer, payload,
-                        cfg.train.keep_checkpoints, main, rank, acc.wait_for_everyone)
+        save_checkpoint(
+            out / rundir.CHECKPOINTS,
+            state.step,
+            core,
+            optimizer,
+            payload,
+            cfg.train.keep_checkpoints,
+            main,
+            rank,
+            acc.wait_for_everyone,
+            weighting.tensor_state_dict(),
+        )
+
+    def next_batch(name: str) -> tuple[int, dict[str, torch.Tensor]]:
+        """The next global batch of a task; this process keeps its share (every world-th example)."""
+        idx = streams[name].next()
+        task = tasks[name]
+        batch = collate(task.splits["train"], idx[rank::world], pad_id, task.type)
+        return len(idx), {k: v.to(acc.device) for k, v in batch.items()}
+
+    def joint_names(step: int) -> list[str]:
+        """Every task, or k of them drawn without replacement by the sampler's probabilities (seeded)."""
+        k = cfg.train.joint_tasks
+        if not k or k == len(tasks):
+            return list(tasks)
+        probs = sampler.probs(step)
+        rng = np.random.default_rng([cfg.train.seed, step])
+        chosen = rng.choice(len(tasks), size=k, replace=False, p=[probs[n] for n in tasks])
+        return [list(tasks)[i] for i in sorted(chosen)]
+
+    def gradient_method_step(losses: dict[str, torch.Tensor]) -> None:
+        """Gradient-level methods: aggregate the task gradients of the shared parameters into one update;
+        each head (and other task-own parameter) gets the gradient of its own task's loss."""
+        order = weighting.tasks
+        G = task_gradient_matrix([losses[t] for t in order], shared, retain_last=True)
+        if world > 1:
+            G = acc.reduce(G, reduction="mean")  # every process aggregates the same matrix
+        loss_vec = torch.stack([losses[t].detach().float() for t in order])
+        write_gradient(shared, weighting.aggregate(G, loss_vec, state.step))
+        own_grads = torch.autograd.grad(sum(losses.values()), own, allow_unused=True)
+        for p, g in zip(own, own_grads, strict=True):
+            p.grad = None if g is None else (acc.reduce(g, reduction="mean") if world > 1 else g)
+
+    def conflict_diagnostics() -> dict[str, Any]:
+        """Cosine similarity of task gradients on the shared parameters, one fixed train batch per task."""
+        was = core.training
+        core.eval()  # no dropout: consumes no random numbers, so resumed runs stay identical
+        losses = []
+        for name, task in tasks.items():
+            enc = task.splits["train"]
+            batch = collate(enc, np.arange(min(B, len(enc))), pad_id, task.type)
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            with acc.autocast():
+                losses.append(task.type.loss(core(name, batch), batch["labels"]))
+        cos = cosine_matrix(task_gradient_matrix(losses, shared))
+        core.zero_grad(set_to_none=True)
+        core.train(was)
+        return {"tasks": list(tasks), "cosine": [[round(float(x), 4) for x in row] for row in cos]}
 
     # ---- the loop ----------------------------------------------------------------------------------
     model.train()
@@ -252,27 +374,52 @@ def train(
     while state.step < total and not state.stopped_early:
         t0 = time.perf_counter()
         for micro in range(accum):
-            name = sampler.sample(state.step)
-            task = tasks[name]
-            idx = streams[name].next()
-            shard = idx[rank::world]  # this process's share of the global batch
-            batch = {k: v.to(acc.device) for k, v in collate(task.splits["train"], shard, pad_id, task.type).items()}
+            # sampled: the sampler picks one task for this micro-batch; joint: every task (or k of them)
+            names = joint_names(state.step) if joint else [sampler.sample(state.step)]
+            batches = {}
+            for name in names:
+                n_examples, batches[name] = next_batch(name)
+                state.samples_seen += n_examples
             sync = micro == accum - 1
-            ctx = acc.no_sync(model) if not sync and world > 1 else _null()
+            ctx = acc.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
+            forward = core if weighting.is_gradient_method else model  # gradient methods reduce by hand
             with ctx:
                 with acc.autocast():
-                    logits = model(name, batch)
-                    task_loss = task.type.loss(logits, batch["labels"])
-                loss = weighting.combine({name: task_loss}, state.step) / accum
-                acc.backward(loss)
-            running[name].append(task_loss.item())
-            state.samples_seen += len(idx)
+                    losses = {n: tasks[n].type.loss(forward(n, b), b["labels"]) for n, b in batches.items()}
+                if weighting.is_gradient_method:
+                    gradient_method_step(losses)
+                else:
+                    loss = weighting.combine(losses, state.step)
+                    if (
+                        weighting.needs_shared_layer_grads
+                    ):  # GradNorm: per-task gradients at the last shared layer
+                        W = last_shared_weight(shared_named)
+                        layer_grads = {
+                            n: torch.autograd.grad(v, W, retain_graph=True, allow_unused=True)[0]
+                            for n, v in losses.items()
+                        }
+                        weighting.gradnorm_step(
+                            losses,
+                            {n: g if g is not None else torch.zeros_like(W) for n, g in layer_grads.items()},
+                        )
+                    acc.backward(loss / accum)
+            for n, v in losses.items():
+                running[n].append(v.item())
+                acc_sum = state.epoch_losses.setdefault(n, [0.0, 0])
+                acc_sum[0] += v.item()
+                acc_sum[1] += 1
         if cfg.train.max_grad_norm:
             acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if weighting.needs_updated_losses:  # FAMO: the same batches' losses after the update
+            with torch.no_grad(), acc.autocast():
+                weighting.update({n: tasks[n].type.loss(core(n, b), b["labels"]) for n, b in batches.items()})
         state.step += 1
+        if state.step % steps_per_epoch == 0:  # DWA and friends look at whole-epoch average losses
+            weighting.end_epoch({n: s / max(c, 1) for n, (s, c) in state.epoch_losses.items()})
+            state.epoch_losses = {}
         state.train_seconds += time.perf_counter() - t0
         bar.update(1)
         fault_point(f"step:{state.step}")
@@ -302,8 +449,16 @@ def train(
             pat = cfg.train.early_stopping_patience
             if pat is not None and state.evals_since_best >= pat:
                 state.stopped_early = True
-            rec = {"step": state.step, "event": "eval", "average": result["average"], "metrics": result["tasks"],
-                   "task_weights": weighting.weights(), "sampling_probs": sampler.probs(state.step)}
+            rec = {
+                "step": state.step,
+                "event": "eval",
+                "average": result["average"],
+                "metrics": result["tasks"],
+                "task_weights": weighting.weights(),
+                "sampling_probs": sampler.probs(state.step),
+            }
+            if cfg.train.diagnostics and len(tasks) > 1 and main:
+                rec["gradient_cosine"] = conflict_diagnostics()
             state.history.append({"step": state.step, "average": result["average"]})
             log.write(rec)
             if tb is not None:
@@ -313,7 +468,15 @@ def train(
                         tb.add_scalar(f"dev/{n}/{m}", v, state.step)
                 for n, p in sampler.probs(state.step).items():
                     tb.add_scalar(f"sampling/{n}", p, state.step)
-            bar.write(f"step {state.step}: dev average {result['average']:.2f}")
+                for n, w in weighting.weights().items():
+                    tb.add_scalar(f"weights/{n}", w, state.step)
+                if "gradient_cosine" in rec:
+                    names_, cos = rec["gradient_cosine"]["tasks"], rec["gradient_cosine"]["cosine"]
+                    for i in range(len(names_)):
+                        for j in range(i + 1, len(names_)):
+                            tb.add_scalar(f"conflict/{names_[i]}-{names_[j]}", cos[i][j], state.step)
+            if main:
+                bar.write(f"step {state.step}: dev average {result['average']:.2f}")
 
         if state.step % ckpt_every == 0 or state.step == total or state.stopped_early:
             checkpoint_now()
@@ -336,11 +499,14 @@ def train(
     if final_model is core and last_eval.get("step") == state.step:
         metrics, outputs = last_eval["metrics"], last_eval["outputs"]
     else:
-        metrics, outputs = evaluate_tasks(final_model, tasks, "dev", cfg.train.eval_batch_size, acc.device, pad_id,
-                                          acc.autocast)
+        metrics, outputs = evaluate_tasks(
+            final_model, tasks, "dev", cfg.train.eval_batch_size, acc.device, pad_id, acc.autocast
+        )
     final = with_average(metrics)
     for n, (p, pr) in outputs.items():
-        rundir.write_jsonl(out / rundir.PREDICTIONS / f"{n}.jsonl", records(tasks[n], p, pr, tasks[n].gold["dev"]))
+        rundir.write_jsonl(
+            out / rundir.PREDICTIONS / f"{n}.jsonl", records(tasks[n], p, pr, tasks[n].gold["dev"])
+        )
     rundir.write_json(out / rundir.METRICS, {"split": "dev", **final})
     rundir.write_json(out / rundir.RESULTS, results_record(cfg, final, state, core, acc, total))
     log.write({"step": state.step, "event": "end", "average": final["average"]})
@@ -350,7 +516,12 @@ def train(
 
 
 def results_record(
-    cfg: RunConfig, final: dict[str, Any], state: LoopState, model: MultiTaskModel, acc: Accelerator, total: int
+    cfg: RunConfig,
+    final: dict[str, Any],
+    state: LoopState,
+    model: MultiTaskModel,
+    acc: Accelerator,
+    total: int,
 ) -> dict[str, Any]:
     import transformers
 
@@ -396,9 +567,9 @@ def _save_model_atomic(model: MultiTaskModel, tokenizer: Any, target: Path) -> N
     os.replace(tmp, target)
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def shared_named_parameters(model: MultiTaskModel) -> list[tuple[str, torch.nn.Parameter]]:
+    """Parameters every task uses (the sharing architecture decides; the encoder under hard sharing)."""
+    fn = getattr(model, "shared_named_parameters", None)
+    if fn is not None:
+        return list(fn())
+    return [(f"encoder.{n}", p) for n, p in model.encoder.named_parameters()]

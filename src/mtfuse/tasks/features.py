@@ -139,7 +139,8 @@ class Tokenizing:
         if token_level:
             out = self.tok(texts, is_split_into_words=True, truncation=True, max_length=max_length)
             word_ids = [
-                np.array([-1 if w is None else w for w in out.word_ids(i)], dtype=np.int64) for i in range(len(texts))
+                np.array([-1 if w is None else w for w in out.word_ids(i)], dtype=np.int64)
+                for i in range(len(texts))
             ]
             n_words = [len(t) for t in texts]
         else:
@@ -168,7 +169,9 @@ class Tokenizing:
                 nw = z["n_words"].tolist() if "n_words" in z else None
         except (OSError, ValueError, KeyError):
             return None  # a damaged cache entry is re-made, never trusted
-        return Encoded(list(ids), list(tt) if tt is not None else None, None, list(wi) if wi is not None else None, nw)
+        return Encoded(
+            list(ids), list(tt) if tt is not None else None, None, list(wi) if wi is not None else None, nw
+        )
 
     def _save(self, key: str, enc: Encoded) -> None:
         p = self._path(key)
@@ -235,7 +238,9 @@ def encode_rows(
     return enc, gold
 
 
-def collate(enc: Encoded, idx: np.ndarray | list[int], pad_id: int, ttype: TaskType) -> dict[str, torch.Tensor]:
+def collate(
+    enc: Encoded, idx: np.ndarray | list[int], pad_id: int, ttype: TaskType
+) -> dict[str, torch.Tensor]:
     """Pad a batch to its own longest sequence (dynamic padding)."""
     idx = list(idx)
     n = max(len(enc.input_ids[i]) for i in idx)

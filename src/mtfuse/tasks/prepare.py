@@ -69,7 +69,9 @@ def prepare_tasks(
         else:
             labels = None
         if ttype.has_vocab and labels is not None and len(labels) < 2 and ttype.name != "multilabel":
-            raise DataError(f"task '{tc.name}': only one label ({labels}) in train; a classifier needs two or more")
+            raise DataError(
+                f"task '{tc.name}': only one label ({labels}) in train; a classifier needs two or more"
+            )
         task = TaskData(tc, ttype, text_fields, label_field, labels)
         for split, rows in rows_by_split.items():
             n = cfg.subset.train if split == "train" else cfg.subset.eval
@@ -100,8 +102,14 @@ def describe_split(task: TaskData, split: str) -> dict[str, Any]:
     elif task.labels is not None:
         counts: dict[str, int] = {}
         for g in gold:
-            items = g if isinstance(g, list) else (
-                [task.labels[i] for i in np.flatnonzero(g)] if isinstance(g, np.ndarray) else [task.labels[g]]
+            items = (
+                g
+                if isinstance(g, list)
+                else (
+                    [task.labels[i] for i in np.flatnonzero(g)]
+                    if isinstance(g, np.ndarray)
+                    else [task.labels[g]]
+                )
             )
             for lab in items:
                 counts[lab] = counts.get(lab, 0) + 1

@@ -112,7 +112,9 @@ class Regression(TaskType):
         try:
             out = float(value)
         except (TypeError, ValueError):
-            raise DataError(f"{where} (field '{field}'): regression target '{value}' is not a number") from None
+            raise DataError(
+                f"{where} (field '{field}'): regression target '{value}' is not a number"
+            ) from None
         if not np.isfinite(out):
             raise DataError(f"{where} (field '{field}'): regression target '{value}' is not finite")
         return out
@@ -148,7 +150,9 @@ class MultiLabel(TaskType):
         sep = "|" if "|" in text else ","
         return [p.strip() for p in text.split(sep) if p.strip()]
 
-    def encode_label(self, value: Any, vocab: list[str] | None, where: str, field: str, split: str) -> np.ndarray:
+    def encode_label(
+        self, value: Any, vocab: list[str] | None, where: str, field: str, split: str
+    ) -> np.ndarray:
         assert vocab is not None
         out = np.zeros(len(vocab), dtype=np.float32)
         for lab in self.raw_labels(value, where, field):
@@ -183,10 +187,13 @@ class TokenClassification(TaskType):
             raise DataError(f"{where} (field '{field}'): expected a list of tags")
         return [str(v) for v in value]
 
-    def encode_label(self, value: Any, vocab: list[str] | None, where: str, field: str, split: str) -> np.ndarray:
+    def encode_label(
+        self, value: Any, vocab: list[str] | None, where: str, field: str, split: str
+    ) -> np.ndarray:
         assert vocab is not None
         return np.array(
-            [_index(t, vocab, where, field, split) for t in self.raw_labels(value, where, field)], dtype=np.int64
+            [_index(t, vocab, where, field, split) for t in self.raw_labels(value, where, field)],
+            dtype=np.int64,
         )
 
     def collate_labels(self, labels: list[Any], seq_len: int) -> torch.Tensor:
