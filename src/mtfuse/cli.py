@@ -1,4 +1,4 @@
-"""`mtfuse` command line: train, evaluate, predict, data check, demo.
+"""`mtfuse` command line: train, evaluate, predict, ensemble, stack, diversity, compare, merge, data check, demo.
 
 Every user error (bad config, bad data, existing output) is one line on stderr and exit code 2, no traceback.
 """
@@ -23,11 +23,17 @@ app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 
-OVERRIDES = typer.Argument(None, help="dotted key=value overrides, e.g. train.lr=1e-4 data_dir=../shared/data")
+OVERRIDES = typer.Argument(
+    None, help="dotted key=value overrides, e.g. train.lr=1e-4 data_dir=../shared/data"
+)
 
 
-def metrics_table(title: str, metrics: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]] | None = None,
-                  average: float | None = None) -> Table:
+def metrics_table(
+    title: str,
+    metrics: dict[str, dict[str, float]],
+    baseline: dict[str, dict[str, float]] | None = None,
+    average: float | None = None,
+) -> Table:
     table = Table(title=title)
     table.add_column("task")
     table.add_column("metric")
@@ -50,7 +56,9 @@ def train(
     config: Path = typer.Argument(..., help="YAML config"),
     overrides: list[str] = OVERRIDES,
     output: Path = typer.Option(None, "--output", "-o", help="run directory (default runs/<config name>)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the run in --output from its last checkpoint"),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the run in --output from its last checkpoint"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a run already in --output"),
 ) -> None:
     """Train one model on every task of CONFIG."""
@@ -59,7 +67,9 @@ def train(
 
     out = output or Path("runs") / config.stem
     if resume and (out / "config.yaml").is_file():
-        cfg = config_mod.load(out / "config.yaml", overrides or [])  # resume what was run, not the edited file
+        cfg = config_mod.load(
+            out / "config.yaml", overrides or []
+        )  # resume what was run, not the edited file
     else:
         cfg = config_mod.load(config, overrides or [])
     final = run_train(cfg, out, resume=resume, overwrite=overwrite)
@@ -87,7 +97,9 @@ def evaluate(
 def predict(
     run_dir: Path = typer.Argument(..., help="a run directory written by train"),
     task: str = typer.Option(..., help="task name"),
-    input: Path = typer.Option(..., "--input", help="jsonl / csv / tsv / parquet with the task's text fields"),
+    input: Path = typer.Option(
+        ..., "--input", help="jsonl / csv / tsv / parquet with the task's text fields"
+    ),
     output: Path = typer.Option(..., "--output", help="JSONL with labels and probabilities"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output file"),
 ) -> None:
@@ -99,9 +111,81 @@ def predict(
         raise MtfuseError(f"{output}: already exists; pass --overwrite to replace it")
     if not input.is_file():
         raise MtfuseError(f"{input}: input file not found")
-    recs = Predictor(run_dir).predict_file(task, input)
+    from mtfuse.fusion.members import is_ensemble_dir
+
+    if is_ensemble_dir(run_dir):
+        from mtfuse.fusion.ensemble import EnsemblePredictor
+
+        recs = EnsemblePredictor(run_dir).predict_file(task, input)
+    else:
+        recs = Predictor(run_dir).predict_file(task, input)
     write_jsonl(output, recs)
     console.print(f"wrote {len(recs)} predictions to {output}")
+
+
+TASKS_OPT = typer.Option(None, "--tasks", help="tasks to use (repeat, or comma-separate); default: all shared")
+
+
+@app.command()
+def ensemble(
+    run_dirs: list[Path] = typer.Argument(..., help="run directories (or ensemble directories) sharing tasks"),
+    output: Path = typer.Option(..., "--output", "-o", help="ensemble directory to write"),
+    tasks: list[str] = TASKS_OPT,
+    method: str = typer.Option(
+        "mean", help="mean | soft_vote | vote | weighted_nll | weighted_metric | caruana | stack"
+    ),
+    folds: int = typer.Option(5, help="k of the k-fold cross-validation that tunes and scores tuned methods"),
+    seed: int = typer.Option(0, help="seed of the fold shuffle (and of weighted_metric's random search)"),
+    features: str = typer.Option("probs", help="stack inputs: probs (probs+pooled: not available)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing ensemble directory"),
+) -> None:
+    """Fuse runs' dev predictions per task; tuned methods are scored out-of-fold (k-fold on dev)."""
+    from mtfuse.fusion.ensemble import ensemble_command
+
+    ensemble_command(run_dirs, output, tasks or None, method, folds, seed, features, overwrite, console)
+
+
+@app.command()
+def stack(
+    run_dirs: list[Path] = typer.Argument(..., help="run directories (or ensemble directories) sharing tasks"),
+    output: Path = typer.Option(..., "--output", "-o", help="stack directory to write"),
+    tasks: list[str] = TASKS_OPT,
+    folds: int = typer.Option(5, help="k of the outer k-fold cross-validation (scores are out-of-fold)"),
+    seed: int = typer.Option(0, help="seed of the fold shuffles"),
+    features: str = typer.Option("probs", help="meta-learner inputs: probs (probs+pooled: not available)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing stack directory"),
+) -> None:
+    """Stacking: a logistic / ridge meta-learner on the members' dev probabilities (= ensemble --method stack)."""
+    from mtfuse.fusion.ensemble import ensemble_command
+
+    ensemble_command(run_dirs, output, tasks or None, "stack", folds, seed, features, overwrite, console)
+
+
+@app.command()
+def diversity(
+    run_dirs: list[Path] = typer.Argument(..., help="candidate ensemble members"),
+    tasks: list[str] = TASKS_OPT,
+    output: Path = typer.Option(None, "--output", "-o", help="also save the report as this JSON file"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --output file"),
+) -> None:
+    """Pairwise disagreement and error correlation of candidate members, per task."""
+    from mtfuse.fusion.diversity import diversity_command
+
+    diversity_command(run_dirs, tasks or None, output, overwrite, console)
+
+
+@app.command()
+def compare(
+    paths: list[Path] = typer.Argument(..., help="run / ensemble dirs, results JSON files, or folders of runs"),
+    output: Path = typer.Option(..., "--output", "-o", help="directory for compare.json, compare.md, plots/"),
+    latency: int = typer.Option(32, help="dev inputs per task to time inference on (batch 1 and 32); 0: skip"),
+    device: str = typer.Option(None, help="device for the latency measurement (default: cuda if available)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing comparison directory"),
+) -> None:
+    """Single-task runs, multi-task runs, ensembles, stacks and merged models side by side (never retrains)."""
+    from mtfuse.compare import compare_command
+
+    compare_command(paths, output, latency, overwrite, device, console)
 
 
 @data_app.command("check")
@@ -136,34 +220,87 @@ def data_check(
             lab_s = ", ".join(f"{k}:{v}" for k, v in lab.items()) if isinstance(lab, dict) else str(lab)
             if isinstance(lab, dict) and len(lab) > 6:
                 lab_s = f"{len(lab)} labels"
-            table.add_row(name, s, str(info["examples"]), lab_s, str(info["tokens_mean"]), str(info["tokens_p95"]),
-                          str(info["tokens_max"]), str(info["truncated"]))
+            table.add_row(
+                name,
+                s,
+                str(info["examples"]),
+                lab_s,
+                str(info["tokens_mean"]),
+                str(info["tokens_p95"]),
+                str(info["tokens_max"]),
+                str(info["truncated"]),
+            )
     console.print(table)
 
 
 @app.command()
 def merge(
-    inputs: list[str] = typer.Argument(..., help="run directories to merge, then method parameters as key=value"),
-    method: str = typer.Option(..., "--method", "-m", help="merge method (see --list)"),
+    inputs: list[str] = typer.Argument(
+        ..., help="run directories to merge, then method parameters as key=value"
+    ),
+    method: str = typer.Option(..., "--method", "-m", help="merge method (listed in `mtfuse merge --help`)"),
     output: Path = typer.Option(..., "--output", "-o", help="run directory to write"),
     base: str = typer.Option(None, help="base (pretrained) model; default: the runs' model.name_or_path"),
     weights: str = typer.Option(None, help="per-model weights, comma separated (default: equal)"),
-    seed: int = typer.Option(0, help="seed of random methods (DARE, DELLA)"),
-    max_distance: float = typer.Option(0.5, help="refuse inputs further than this (relative L2) from the base"),
+    seed: int = typer.Option(0, help="seed of random methods (DARE, DELLA), Fisher label sampling, searches"),
+    max_distance: float = typer.Option(
+        0.5, help="refuse inputs further than this (relative L2) from the base"
+    ),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="score the merged model on dev"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
+    search: bool = typer.Option(
+        False, "--search", help="tune the method's hyperparameters on --search-split (grid search)"
+    ),
+    search_space: str = typer.Option(
+        None,
+        "--search-space",
+        help="e.g. 'scale=[0.3,0.5,0.7,1.0] density=[0.2,0.5]' or 'weights=[[1,1],[2,1]]' (implies --search)",
+    ),
+    search_split: str = typer.Option(
+        "dev", "--search-split", help="select on dev (optimistic) or train-holdout (train rows not seen)"
+    ),
+    search_trials: int = typer.Option(
+        None, "--search-trials", help="score a seeded random N points of the grid instead of all of them"
+    ),
 ) -> None:
-    """Merge the encoders of fine-tuned runs into one model that keeps every run's task heads."""
+    """Merge the encoders of fine-tuned runs into one model that keeps every run's task heads.
+
+    Methods: tensor-only (linear, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, della, slerp,
+    model_stock) and data-dependent (fisher, regmean, adamerging, greedy_soup: they read the runs' data)."""
     from mtfuse.fusion.merging import merge_runs, parse_params
 
     runs = [Path(i) for i in inputs if "=" not in i]
     params = parse_params([i for i in inputs if "=" in i])
     w = [float(x) for x in weights.split(",")] if weights else None
-    record = merge_runs(runs, method, output, params, base, w, seed, overwrite, max_distance)
+    log = console.print
+    if search or search_space:
+        from mtfuse.fusion.merge_search import SearchSpec, default_space, parse_space, search_merge
+        from mtfuse.fusion.merging import get_method
+
+        space = parse_space(search_space) if search_space else default_space(get_method(method))
+        spec = SearchSpec(space, search_split, search_trials)
+        record, slog = search_merge(
+            runs, method, output, spec, params, base, w, seed, overwrite, max_distance, log
+        )
+        best = " ".join(f"{k}={v}" for k, v in slog["best"]["point"].items())
+        console.print(
+            f"search: {len(slog['points'])} points on {search_split}; selected {best} "
+            f"(average {slog['best']['average']:.2f}); log {output / 'search.json'}, "
+            f"plot {output / 'search.png'}"
+        )
+        if search_split == "dev":
+            console.print("note: selected on dev, so the dev scores below are optimistic", style="yellow")
+    else:
+        record = merge_runs(runs, method, output, params, base, w, seed, overwrite, max_distance, log=log)
     dist = ", ".join(f"{Path(k).name}: {v:.4f}" for k, v in record["distance_to_base"].items())
     console.print(f"merged {len(runs)} runs with {method} into {output} ({record['merge_seconds']} s)")
     if dist:
         console.print(f"distance to base (relative L2): {dist}")
+    info = record.get("stats", {})
+    if info.get("kind") == "soup":
+        console.print(f"greedy soup of {len(info['soup'])}/{len(runs)} runs: {', '.join(info['soup'])}")
+        heads = ", ".join(f"{t} from {r}" for t, r in record["heads"].items())
+        console.print(f"one head per task kept: {heads}")
     if evaluate:
         from mtfuse.evaluate import evaluate_run
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,9 @@ def predict_encoded(
     return preds, probs
 
 
-def word_level(word_ids: np.ndarray, pred: np.ndarray, prob: np.ndarray) -> tuple[list[int], list[np.ndarray]]:
+def word_level(
+    word_ids: np.ndarray, pred: np.ndarray, prob: np.ndarray
+) -> tuple[list[int], list[np.ndarray]]:
     """Keep each word's first sub-word prediction (words cut off by truncation get none)."""
     out_p, out_pr, prev = [], [], -1
     for pos, w in enumerate(word_ids):
@@ -92,14 +94,20 @@ def with_average(metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
 
 
 def records(task: TaskData, preds: list[Any], probs: list[Any], gold: list[Any] | None = None) -> list[dict]:
-    """JSON-ready prediction records: labels by name, probabilities per label, gold when known."""
+    """JSON-ready prediction records: labels by name, probabilities per label, gold when known.
+
+    Token tasks give ``tags`` (one per word the model saw) and ``probs``: one ``{label: probability}`` dict
+    per such word (the full distribution, which ensembles average word by word)."""
     labels = task.labels
     out = []
     for i, (p, pr) in enumerate(zip(preds, probs, strict=True)):
         rec: dict[str, Any] = {"index": i}
         if task.type.token_level:
             rec["tags"] = [labels[j] for j in p]  # type: ignore[index]
-            rec["probs"] = [round(float(x.max()), 6) for x in pr]
+            rec["probs"] = [
+                {lab: round(float(x), 6) for lab, x in zip(labels, w, strict=True)}  # type: ignore[arg-type]
+                for w in pr
+            ]
         elif labels is None:
             rec["score"] = float(p)
         elif task.type.name == "multilabel":
@@ -123,7 +131,10 @@ def records(task: TaskData, preds: list[Any], probs: list[Any], gold: list[Any] 
 
 
 def evaluate_run(
-    run_dir: str | Path, split: str = "dev", overrides: list[str] | tuple[str, ...] = (), output: Path | None = None
+    run_dir: str | Path,
+    split: str = "dev",
+    overrides: list[str] | tuple[str, ...] = (),
+    output: Path | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """`mtfuse evaluate`: load a run directory, score every task it has a head for, write metrics JSON."""
     from mtfuse import rundir
@@ -137,11 +148,15 @@ def evaluate_run(
     tasks = prepare_tasks(cfg, tokenizer, [split], vocabs={n: s.labels for n, s in model.specs.items()})
     device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
     model.to(device)
-    metrics, outputs = evaluate_tasks(model, tasks, split, cfg.train.eval_batch_size, device,
-                                      tokenizer.pad_token_id or 0)
+    metrics, outputs = evaluate_tasks(
+        model, tasks, split, cfg.train.eval_batch_size, device, tokenizer.pad_token_id or 0
+    )
     result = {"split": split, **with_average(metrics)}
     out = output or run_dir / f"metrics-{split}.json"
     rundir.write_json(out, result)
     for n, (p, pr) in outputs.items():
-        rundir.write_jsonl(run_dir / rundir.PREDICTIONS / split / f"{n}.jsonl", records(tasks[n], p, pr, tasks[n].gold[split]))
+        rundir.write_jsonl(
+            run_dir / rundir.PREDICTIONS / split / f"{n}.jsonl",
+            records(tasks[n], p, pr, tasks[n].gold[split]),
+        )
     return result, out
