@@ -59,7 +59,7 @@ def test_readme_mtfuse_commands_run(
         f"model.name_or_path={tiny_model_dir}",
         f"cache_dir={tmp_path / 'cache'}",
         "subset.train=16",
-        "subset.eval=8",
+        "subset.eval=20",
         "train.max_steps=2",
         "train.progress=false",
         f"data_dir={shared_data_dir}",

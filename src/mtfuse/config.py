@@ -300,6 +300,9 @@ def validate_methods(cfg: RunConfig) -> None:
                 registry.get(value)
             except ConfigError as err:
                 raise ConfigError(f"tasks.{t.name}.{key}: {err}") from None
+    from mtfuse.model.sharing import SHARING
+
+    params_check(SHARING.get(cfg.model.sharing.method), cfg.model.sharing, "model.sharing")
     params_check(SAMPLERS.get(cfg.sampling.method), cfg.sampling, "sampling")
     params_check(WEIGHTINGS.get(cfg.weighting.method), cfg.weighting, "weighting")
 

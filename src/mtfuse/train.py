@@ -92,6 +92,7 @@ def head_specs(tasks: dict[str, TaskData], cfg: RunConfig, dropout: float) -> di
             pooling=t.cfg.pooling or cfg.model.pooling,
             dropout=dropout,
             labels=t.labels,
+            layer=t.cfg.layer,
         )
         for name, t in tasks.items()
     }
@@ -180,7 +181,7 @@ def train(
     if dropout is None:
         dropout = float(getattr(encoder.config, "hidden_dropout_prob", 0.1))
     set_seed(cfg.train.seed)  # heads start from the same weights whatever the data preparation did
-    model = MultiTaskModel.build(encoder, head_specs(tasks, cfg, dropout))
+    model = MultiTaskModel.build(encoder, head_specs(tasks, cfg, dropout), cfg.model.sharing)
     pad_id = tokenizer.pad_token_id or 0
 
     B, accum = cfg.train.batch_size, cfg.train.grad_accum
@@ -243,6 +244,9 @@ def train(
     shared = [p for _, p in shared_named]
     shared_ids = {id(p) for p in shared}
     own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]  # heads, task modules
+    if weighting.is_gradient_method and not shared:
+        raise ConfigError(f"weighting '{cfg.weighting.method}' works on the shared parameters, and this model has "
+                          "none that train (adapters over a frozen base?): set model.sharing.train_base=true")
 
     state = LoopState()
     running: dict[str, list[float]] = {n: [] for n in tasks}  # task losses since the last log record
@@ -408,6 +412,9 @@ def train(
                 acc_sum = state.epoch_losses.setdefault(n, [0.0, 0])
                 acc_sum[0] += v.item()
                 acc_sum[1] += 1
+        # sharing regulariser (soft sharing's pull to the shared layers, adapter delta penalty): its gradient
+        # goes straight into .grad, which works under DDP and after gradient-level methods alike
+        core.add_extra_loss_grad(acc.scaler.get_scale() if acc.scaler is not None else 1.0)
         if cfg.train.max_grad_norm:
             acc.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
         optimizer.step()
@@ -457,7 +464,7 @@ def train(
                 "task_weights": weighting.weights(),
                 "sampling_probs": sampler.probs(state.step),
             }
-            if cfg.train.diagnostics and len(tasks) > 1 and main:
+            if cfg.train.diagnostics and len(tasks) > 1 and main and shared:
                 rec["gradient_cosine"] = conflict_diagnostics()
             state.history.append({"step": state.step, "average": result["average"]})
             log.write(rec)

@@ -1,4 +1,4 @@
-"""Encoder loading, task heads and the multi-task model (one shared encoder, one head per task)."""
+"""Encoder loading, task heads, the multi-task model (one encoder, one head per task) and sharing methods."""
 
 from mtfuse.model.encoder import (
     DEFAULT_MODEL,
@@ -24,7 +24,9 @@ from mtfuse.model.multitask import (
     HeadSpec,
     MultiTaskModel,
     read_head_specs,
+    read_sharing_spec,
 )
+from mtfuse.model.sharing import SHARING, SHARING_JSON, Sharing
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -39,11 +41,15 @@ __all__ = [
     "MultiLabelHead",
     "MultiTaskModel",
     "RegressionHead",
+    "SHARING",
+    "SHARING_JSON",
+    "Sharing",
     "TokenClassificationHead",
     "load_encoder",
     "load_encoder_model",
     "load_tokenizer",
     "pool",
     "read_head_specs",
+    "read_sharing_spec",
     "resolve_model_path",
 ]

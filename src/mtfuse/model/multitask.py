@@ -1,17 +1,28 @@
-"""One shared encoder, one head per task (hard parameter sharing).
+"""One shared encoder, one head per task, and a sharing architecture between them.
 
-``MultiTaskModel(encoder, heads, specs)``: ``encoder`` is any Hugging Face ``PreTrainedModel`` that returns
-``last_hidden_state`` (and ``pooler_output`` when it has a pooler); ``heads`` is an ``nn.ModuleDict`` task ->
-head (see ``mtfuse.model.heads``); ``specs`` describes each head so it can be rebuilt from disk.
-``forward(task, batch)`` runs one task; ``forward_all(batch, tasks)`` runs the encoder once, then every
-listed head.
+``MultiTaskModel(encoder, heads, specs, sharing=None)``: ``encoder`` is any Hugging Face
+``PreTrainedModel`` that returns ``last_hidden_state`` (and ``pooler_output`` when it has a pooler); ``heads``
+is an ``nn.ModuleDict`` task -> head (see ``mtfuse.model.heads``); ``specs`` describes each head so it can be
+rebuilt from disk; ``sharing`` (``mtfuse.model.sharing``; default hard sharing) decides which encoder
+parameters each task uses. ``forward(task, batch)`` runs one task; ``forward_all(batch, tasks)`` runs the
+encoder once (once per task when the sharing method makes the encoder differ per task: adapters, soft), then
+every listed head.
+
+A head reads the encoder's last hidden state, or the hidden state of its spec's ``layer`` (hierarchical
+sharing: ``hidden_states[layer]``, 0 = embeddings, negative = from the top). ``pooler`` pooling then applies
+the encoder's own pooler module to what the head reads.
 
 A saved model directory holds:
 
 - ``config.json`` + ``model.safetensors``: the encoder, loadable with plain ``AutoModel.from_pretrained``
+  (under adapters: the base encoder, without them)
 - tokenizer files (when a tokenizer was given to :meth:`MultiTaskModel.save`)
 - ``heads.safetensors``: every head tensor, keyed ``"<task>.<parameter name>"``
-- ``heads.json``: ``{"format_version": 1, "heads": [HeadSpec as a dict, ...]}``
+- ``heads.json``: ``{"format_version": 1, "heads": [HeadSpec as a dict, ...]}`` (``layer`` only when set)
+- other than hard sharing: ``sharing.json`` (``{"format_version": 1, "method": ..., "params": {...}}``) and
+  the method's tensors: ``sharing.safetensors`` (soft: per-task layer copies; mmoe: experts and gates) or
+  ``adapters/<task>/`` (peft ``save_pretrained`` layout). A hard-sharing directory has neither: it is
+  byte-for-byte what mtfuse wrote before sharing methods existed.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -33,6 +45,8 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from mtfuse.errors import MtfuseError, where
 from mtfuse.model.encoder import load_tokenizer
 from mtfuse.model.heads import HEADS
+from mtfuse.model.sharing import SHARING_JSON, SHARING_WEIGHTS, Sharing, build_sharing
+from mtfuse.model.sharing.adapters import ADAPTERS_DIR
 
 HEADS_JSON = "heads.json"
 HEADS_WEIGHTS = "heads.safetensors"
@@ -54,9 +68,13 @@ class HeadSpec:
     pooling: str
     dropout: float
     labels: list[str] | None = None
+    layer: int | None = None  # the encoder hidden state the head reads (hidden_states index); None: the last
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["layer"] is None:  # heads.json stays as it was for heads on the last layer
+            del out["layer"]
+        return out
 
     @classmethod
     def from_dict(cls, raw: Any, source: str = "head spec") -> HeadSpec:
@@ -88,6 +106,9 @@ class HeadSpec:
             not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)
         ):
             raise MtfuseError(f"{where(source, field='labels')}: expected a list of strings or null")
+        layer = raw.get("layer")
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+            raise MtfuseError(f"{where(source, field='layer')}: expected an integer or null, got {layer!r}")
         return cls(
             task=raw["task"],
             task_type=raw["task_type"],
@@ -96,13 +117,20 @@ class HeadSpec:
             pooling=raw["pooling"],
             dropout=float(raw["dropout"]),
             labels=list(labels) if labels is not None else None,
+            layer=layer,
         )
 
 
 class MultiTaskModel(nn.Module):
-    """A shared encoder plus ``heads[task]`` for every task in ``specs``."""
+    """A shared encoder plus ``heads[task]`` for every task in ``specs``, shared as ``sharing`` says."""
 
-    def __init__(self, encoder: PreTrainedModel, heads: nn.ModuleDict, specs: Mapping[str, HeadSpec]) -> None:
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        heads: nn.ModuleDict,
+        specs: Mapping[str, HeadSpec],
+        sharing: Sharing | None = None,
+    ) -> None:
         super().__init__()
         if set(heads.keys()) != set(specs):
             raise MtfuseError(
@@ -111,30 +139,29 @@ class MultiTaskModel(nn.Module):
         for task, spec in specs.items():
             if spec.task != task:
                 raise MtfuseError(f"head spec stored under task '{task}' says task '{spec.task}'")
+        _check_layers(encoder, specs)
+        if sharing is None:
+            sharing = build_sharing(encoder, list(specs))
+        elif set(sharing.tasks) != set(specs):
+            raise MtfuseError(f"sharing tasks {sorted(sharing.tasks)} and head specs {sorted(specs)} differ")
         self.encoder = encoder
         self.heads = heads
+        self.sharing = sharing
         self.specs: dict[str, HeadSpec] = dict(specs)
         params = inspect.signature(encoder.forward).parameters
         self._encoder_inputs = tuple(k for k in ENCODER_INPUTS if k in params)
 
     @classmethod
-    def build(cls, encoder: PreTrainedModel, specs: Mapping[str, HeadSpec]) -> MultiTaskModel:
-        """Create fresh heads (from ``HEADS``) on the encoder's device and in its dtype."""
-        config = encoder.config
-        init_range = float(getattr(config, "initializer_range", 0.02))
-        heads = nn.ModuleDict()
-        for task, spec in specs.items():
-            head = HEADS.get(spec.head)(
-                config.hidden_size, spec.num_outputs, spec.pooling, spec.dropout, init_range
-            )
-            try:
-                heads[task] = head
-            except KeyError as e:  # '.' in the name, or a ModuleDict attribute such as 'update' or 'keys'
-                raise MtfuseError(f"task name '{task}' cannot name a head ({e}); rename the task") from None
-        param = next(encoder.parameters(), None)
-        if param is not None:
-            heads.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
-        return cls(encoder, heads, specs)
+    def build(
+        cls, encoder: PreTrainedModel, specs: Mapping[str, HeadSpec], sharing: Any = None
+    ) -> MultiTaskModel:
+        """Create fresh heads (from ``HEADS``) and the sharing architecture on the encoder's device and in its
+        dtype. ``sharing``: the ``model.sharing`` config section, or a dict ``{"method": ..., **params}``, or
+        None for hard sharing. Heads are initialised first, so under hard sharing they draw the same random
+        numbers as before sharing methods existed."""
+        heads = _new_heads(encoder, specs)
+        _check_layers(encoder, specs)
+        return cls(encoder, heads, specs, _new_sharing(encoder, specs, sharing))
 
     @property
     def tasks(self) -> list[str]:
@@ -145,26 +172,119 @@ class MultiTaskModel(nn.Module):
         if unknown:
             raise MtfuseError(f"unknown task '{unknown[0]}'; this model has tasks [{', '.join(self.specs)}]")
 
-    def encode(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor | None]:
-        """Run the encoder: ``(last hidden state [B,T,H], pooler output [B,H] or None)``."""
+    # --------------------------------------------------------------------------------------------- forward
+
+    def _encoder_pass(self, batch: Mapping[str, Tensor], hidden_states: bool) -> Any:
         inputs = {k: batch[k] for k in self._encoder_inputs if k in batch and batch[k] is not None}
-        out = self.encoder(**inputs, return_dict=True)
-        return out.last_hidden_state, getattr(out, "pooler_output", None)
+        if hidden_states:
+            return self.encoder(**inputs, output_hidden_states=True, return_dict=True)
+        return self.encoder(**inputs, return_dict=True)
+
+    def _features(
+        self, task: str, out: Any, attention_mask: Tensor | None, cache: dict[str, Any]
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(hidden states, pooled)`` that ``task``'s head reads from one encoder output."""
+        spec = self.specs[task]
+        hidden = out.last_hidden_state if spec.layer is None else out.hidden_states[spec.layer]
+        hidden = self.sharing.transform(task, hidden, attention_mask, cache)
+        if spec.layer is None and not self.sharing.transforms_hidden:
+            return hidden, getattr(out, "pooler_output", None)
+        pooler = getattr(self.encoder, "pooler", None)
+        if spec.pooling == "pooler" and isinstance(pooler, nn.Module):
+            return hidden, pooler(hidden)  # the encoder's own pooler, on what this head reads
+        return hidden, None
+
+    def _run(self, tasks: list[str], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        mask = batch.get("attention_mask")
+        logits: dict[str, Tensor] = {}
+        for active, group in self.sharing.passes(tasks):
+            with self.sharing.activate(active):
+                out = self._encoder_pass(batch, any(self.specs[t].layer is not None for t in group))
+            # one cache per hidden-state tensor read in this pass: work the tasks reading it can share
+            caches: dict[int | None, dict[str, Any]] = {}
+            for t in group:
+                hidden, pooled = self._features(t, out, mask, caches.setdefault(self.specs[t].layer, {}))
+                logits[t] = self.heads[t](hidden, mask, pooled)
+        return {t: logits[t] for t in tasks}
+
+    def encode(self, batch: Mapping[str, Tensor], task: str | None = None) -> tuple[Tensor, Tensor | None]:
+        """``(hidden states [B,T,H], pooled [B,H] or None)``. ``task=None``: the shared encoder's last hidden
+        state and pooler output (under adapters: with adapters off; under soft sharing: the shared layers);
+        with a task: what that task's head reads (its adapter, layer copies, layer, experts)."""
+        if task is None:
+            with self.sharing.activate(None):
+                out = self._encoder_pass(batch, False)
+            return out.last_hidden_state, getattr(out, "pooler_output", None)
+        self._check_tasks([task])
+        spec = self.specs[task]
+        with self.sharing.activate(task if self.sharing.per_task_encoder else None):
+            out = self._encoder_pass(batch, spec.layer is not None)
+        return self._features(task, out, batch.get("attention_mask"), {})
 
     def forward(self, task: str, batch: Mapping[str, Tensor]) -> Tensor:
         """Logits of ``task``'s head (shape: see ``mtfuse.model.heads``)."""
         self._check_tasks([task])
-        hidden, pooled = self.encode(batch)
-        return self.heads[task](hidden, batch.get("attention_mask"), pooled)
+        return self._run([task], batch)[task]
 
     def forward_all(self, batch: Mapping[str, Tensor], tasks: list[str]) -> dict[str, Tensor]:
-        """One encoder pass, then each head of ``tasks``: ``{task: logits}``."""
+        """``{task: logits}`` for each of ``tasks``: one encoder pass under hard sharing and mmoe, one per
+        task under adapters and soft sharing."""
         self._check_tasks(list(tasks))
-        hidden, pooled = self.encode(batch)
-        mask = batch.get("attention_mask")
-        return {t: self.heads[t](hidden, mask, pooled) for t in tasks}
+        return self._run(list(tasks), batch)
 
-    # ----------------------------------------------------------------------------------------- saving
+    # -------------------------------------------------------------------------------------------- training
+
+    def extra_loss(self) -> Tensor | None:
+        """The sharing method's regulariser (soft: ``penalty * sum_t ||theta_t - theta_s||^2``; adapters with
+        ``delta_penalty``), to add to the training loss; None when the method has none."""
+        return self.sharing.extra_loss()
+
+    def add_extra_loss_grad(self, scale: float = 1.0) -> float | None:
+        """Add ``scale *`` the gradient of :meth:`extra_loss` to the parameters' ``.grad``; return its value.
+
+        For loops that cannot add the regulariser to the back-propagated loss: under DDP (its parameters are
+        used outside the forward pass), or after a gradient-level weighting method wrote ``.grad``. Call it
+        once per optimizer step after the backward passes and before clipping; ``scale`` = the loss scale of
+        an fp16 GradScaler (1 otherwise). Every process computes the same value, so nothing is all-reduced.
+        """
+        loss = self.extra_loss()
+        if loss is None:
+            return None
+        params = [p for p in self.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                if g is None:
+                    continue
+                g = g * scale if scale != 1.0 else g
+                if p.grad is None:
+                    p.grad = g.to(p.dtype)
+                else:
+                    p.grad.add_(g.to(p.grad.dtype))
+        return float(loss.detach())
+
+    def shared_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Trainable parameters every task uses (names as in ``named_parameters()``): the encoder under hard
+        sharing and mmoe (+ the shared experts); the encoder without the copied layers under soft sharing
+        (their shared centre only gets the penalty's gradient); the base encoder under adapters (nothing if
+        it is frozen)."""
+        return [(n, p) for n, p in self.sharing.shared_named_parameters() if p.requires_grad]
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters of :meth:`shared_named_parameters` (what gradient-level weighting methods use)."""
+        return [p for _, p in self.shared_named_parameters()]
+
+    def task_named_parameters(self, task: str) -> list[tuple[str, nn.Parameter]]:
+        """Trainable parameters only ``task`` uses: its head + its adapter, layer copies, gate and experts."""
+        self._check_tasks([task])
+        own = [(f"heads.{task}.{n}", p) for n, p in self.heads[task].named_parameters()]
+        own += list(self.sharing.task_named_parameters(task))
+        return [(n, p) for n, p in own if p.requires_grad]
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return [p for _, p in self.task_named_parameters(task)]
+
+    # ---------------------------------------------------------------------------------------------- saving
 
     def heads_state_dict(self) -> dict[str, Tensor]:
         """All head tensors keyed ``"<task>.<parameter name>"`` (the heads.safetensors layout)."""
@@ -179,13 +299,24 @@ class MultiTaskModel(nn.Module):
         complete save."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(directory)
+        encoder_state = self.sharing.encoder_state_dict()
+        if encoder_state is None:
+            self.encoder.save_pretrained(directory)
+        else:  # e.g. the base encoder without the adapters peft injected into it
+            self.encoder.save_pretrained(directory, state_dict=encoder_state)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
         weights = directory / HEADS_WEIGHTS
         tmp = _tmp_name(weights)
         save_file(self.heads_state_dict(), str(tmp), metadata={"format": "pt"})
         os.replace(tmp, weights)
+        for stale in (SHARING_JSON, SHARING_WEIGHTS):  # from an earlier save into this directory
+            (directory / stale).unlink(missing_ok=True)
+        if (directory / ADAPTERS_DIR).is_dir():
+            shutil.rmtree(directory / ADAPTERS_DIR)
+        if self.sharing.method != "hard":
+            self.sharing.save(directory)
+            _write_atomic(directory / SHARING_JSON, json.dumps(self.sharing.describe(), indent=2) + "\n")
         meta = {"format_version": FORMAT_VERSION, "heads": [s.to_dict() for s in self.specs.values()]}
         _write_atomic(directory / HEADS_JSON, json.dumps(meta, indent=2) + "\n")
 
@@ -200,6 +331,7 @@ class MultiTaskModel(nn.Module):
         if not directory.is_dir():
             raise MtfuseError(f"{directory}: not a model directory (no such directory)")
         specs = read_head_specs(directory / HEADS_JSON)
+        sharing_spec = read_sharing_spec(directory / SHARING_JSON)
         weights_path = directory / HEADS_WEIGHTS
         if not weights_path.is_file():
             raise MtfuseError(f"{weights_path}: missing (a model directory needs {HEADS_WEIGHTS})")
@@ -210,15 +342,22 @@ class MultiTaskModel(nn.Module):
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise MtfuseError(f"{directory}: could not load the encoder: {msg}") from e
-        try:
-            model = cls.build(encoder, specs)
-        except MtfuseError as e:  # e.g. an unknown head or pooling name in heads.json
+        try:  # e.g. an unknown head or pooling name, or a layer this encoder does not have, in heads.json
+            heads = _new_heads(encoder, specs)
+            _check_layers(encoder, specs)
+        except MtfuseError as e:
             raise MtfuseError(f"{directory / HEADS_JSON}: {e}") from None
+        try:
+            sharing = _new_sharing(encoder, specs, sharing_spec)
+        except MtfuseError as e:
+            raise MtfuseError(f"{directory / SHARING_JSON}: {e}") from None
+        model = cls(encoder, heads, specs, sharing)
         try:
             tensors = load_file(str(weights_path))
         except (SafetensorError, OSError, ValueError) as e:
             raise MtfuseError(f"{weights_path}: not a readable safetensors file ({e})") from None
         model._load_heads(tensors, weights_path)
+        model.sharing.load(directory)
         tokenizer = None
         if any((directory / f).is_file() for f in _TOKENIZER_FILES):
             tokenizer = load_tokenizer(str(directory))
@@ -278,6 +417,76 @@ def read_head_specs(path: str | Path) -> dict[str, HeadSpec]:
             raise MtfuseError(f"{path} heads[{i}]: task '{spec.task}' appears twice")
         specs[spec.task] = spec
     return specs
+
+
+def _new_heads(encoder: PreTrainedModel, specs: Mapping[str, HeadSpec]) -> nn.ModuleDict:
+    """Fresh heads (from ``HEADS``) on the encoder's device and in its dtype."""
+    config = encoder.config
+    init_range = float(getattr(config, "initializer_range", 0.02))
+    heads = nn.ModuleDict()
+    for task, spec in specs.items():
+        head = HEADS.get(spec.head)(
+            config.hidden_size, spec.num_outputs, spec.pooling, spec.dropout, init_range
+        )
+        try:
+            heads[task] = head
+        except KeyError as e:  # '.' in the name, or a ModuleDict attribute such as 'update' or 'keys'
+            raise MtfuseError(f"task name '{task}' cannot name a head ({e}); rename the task") from None
+    _to_encoder(heads, encoder)
+    return heads
+
+
+def _new_sharing(encoder: PreTrainedModel, specs: Mapping[str, HeadSpec], sharing: Any) -> Sharing:
+    """The sharing architecture (``mtfuse.model.sharing``) on the encoder's device and in its dtype."""
+    module = build_sharing(encoder, list(specs), sharing)
+    _to_encoder(module, encoder)
+    return module
+
+
+def _to_encoder(module: nn.Module, encoder: PreTrainedModel) -> None:
+    param = next(encoder.parameters(), None)
+    if param is not None:
+        module.to(device=param.device, dtype=param.dtype if param.is_floating_point() else None)
+
+
+def _check_layers(encoder: PreTrainedModel, specs: Mapping[str, HeadSpec]) -> None:
+    """Every head's ``layer`` indexes the encoder's hidden states (0 = embeddings .. L = last; or < 0)."""
+    n = getattr(encoder.config, "num_hidden_layers", None)
+    for task, spec in specs.items():
+        if spec.layer is None:
+            continue
+        if isinstance(spec.layer, bool) or not isinstance(spec.layer, int):
+            raise MtfuseError(f"task '{task}': layer must be an integer, got {spec.layer!r}")
+        if isinstance(n, int) and not -(n + 1) <= spec.layer <= n:
+            raise MtfuseError(
+                f"task '{task}': layer {spec.layer} is out of range; this encoder has hidden states 0..{n} "
+                f"(0 = embeddings, {n} = last layer; negative counts from the top)"
+            )
+
+
+def read_sharing_spec(path: str | Path) -> dict[str, Any] | None:
+    """Parse sharing.json into ``{"method": ..., **params}``; None when the file is absent (hard sharing)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MtfuseError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise MtfuseError(f"{path}: expected a JSON object with 'format_version', 'method' and 'params'")
+    version = raw.get("format_version")
+    if version != 1:
+        raise MtfuseError(
+            f"{where(path, field='format_version')}: expected 1, got {version!r} "
+            "(written by another mtfuse version?)"
+        )
+    method, params = raw.get("method"), raw.get("params", {})
+    if not isinstance(method, str):
+        raise MtfuseError(f"{where(path, field='method')}: expected a sharing method name, got {method!r}")
+    if not isinstance(params, dict) or "method" in params:
+        raise MtfuseError(f"{where(path, field='params')}: expected an object of the method's parameters")
+    return {"method": method, **params}
 
 
 def _tmp_name(path: Path) -> Path:
