@@ -153,12 +153,24 @@ def tb_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 FIRST_RUNS = {"reference": None, "killed-step-7": "step:7", "killed-checkpoint-8": "checkpoint-write:8"}
+# joint steps with a stateful gradient method (MoCo keeps per-task gradient estimates: tensor state in the
+# checkpoint) over soft sharing (per-task layer copies and their penalty): all of it must resume exactly
+JOINT = (
+    "train.step_mode=joint",
+    "weighting.method=moco",
+    "model.sharing.method=soft",
+    "model.sharing.penalty=0.1",
+)
+JOINT_RUNS = {"joint-reference": None, "joint-killed-step-7": "step:7"}
 
 
 @pytest.fixture(scope="module")
 def first_runs(workdir: Path) -> dict[str, subprocess.CompletedProcess[str]]:
-    """The uninterrupted run and the two runs to kill: independent, so they run side by side (2 cores)."""
+    """The uninterrupted runs and the runs to kill: independent, so they run side by side (2 cores)."""
     runs = {name: start_cli(workdir, workdir / name, fault=fault) for name, fault in FIRST_RUNS.items()}
+    runs |= {
+        name: start_cli(workdir, workdir / name, *JOINT, fault=fault) for name, fault in JOINT_RUNS.items()
+    }
     return {name: run.finish() for name, run in runs.items()}
 
 
@@ -180,6 +192,18 @@ def test_sigkill_after_a_step_then_resume_matches_uninterrupted_run(
 
     ok(run_cli(workdir, out, "--resume"))
     assert_same_as_reference(out, reference)
+
+
+def test_joint_gradient_method_and_soft_sharing_resume_exactly(
+    workdir: Path, first_runs: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    ok(first_runs["joint-reference"])
+    out = workdir / "joint-killed-step-7"
+    killed(first_runs["joint-killed-step-7"])
+    assert (out / "checkpoints" / "step-0000004" / "extra.safetensors").is_file()  # MoCo's tensor state
+    ok(run_cli(workdir, out, "--resume"))
+    assert_same_as_reference(out, workdir / "joint-reference")
+    assert (out / "model" / "sharing.json").is_file()
 
 
 def test_sigkill_during_checkpoint_write_then_resume_matches_uninterrupted_run(
