@@ -245,8 +245,10 @@ def train(
     shared_ids = {id(p) for p in shared}
     own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]  # heads, task modules
     if weighting.is_gradient_method and not shared:
-        raise ConfigError(f"weighting '{cfg.weighting.method}' works on the shared parameters, and this model has "
-                          "none that train (adapters over a frozen base?): set model.sharing.train_base=true")
+        raise ConfigError(
+            f"weighting '{cfg.weighting.method}' works on the shared parameters, and this model has "
+            "none that train (adapters over a frozen base?): set model.sharing.train_base=true"
+        )
 
     state = LoopState()
     running: dict[str, list[float]] = {n: [] for n in tasks}  # task losses since the last log record
