@@ -1,0 +1,372 @@
+"""Training throughput: mtfuse's loop vs the Hugging Face ``Trainer``, same model, data, batches and recipe.
+
+Both train the packaged MiniLM (mtfuse: ``MultiTaskModel`` with one pooler classification head;
+Trainer: ``AutoModelForSequenceClassification``, the same architecture) on a seeded SST-2 train subset read
+with mtfuse's GLUE reader, with the same batch size, max length, AdamW + linear schedule with warm-up,
+gradient clipping 1.0, dynamic padding, bf16 autocast on a GPU / fp32 on the CPU, for the same number of
+steps, in one process.
+The Trainer reads the examples in exactly the batches mtfuse draws (its ``BatchStream`` order, fed through a
+sequential sampler and ``DataCollatorWithPadding``), so both pad the same batches to the same lengths.
+
+Timing (the first ``--warmup`` steps of each are excluded):
+
+* mtfuse: ``train_seconds`` / ``train_samples_per_second`` in results.json count optimizer-step time only
+  (collation, host-to-device copy, forward, backward, clipping, optimizer step; not logging, evaluation or
+  saving). Two runs of W and W+S steps with the same seed do identical first W steps, so the S timed steps
+  take ``train_seconds(W+S) - train_seconds(W)``. A throw-away W-step run first warms the process up.
+* Trainer: a ``TrainerCallback`` takes the time between ``on_step_end`` of step W and of step W+S
+  (includes fetching + collating the batch, like mtfuse's timer; CUDA is synchronised at both ends). Also
+  reported: the sum of ``on_step_begin`` -> ``on_step_end`` (CPU only; excludes data loading) and the
+  Trainer's own ``train_samples_per_second`` (whole ``train()`` call, set-up and warm-up steps included).
+* Also: samples per second of process CPU time (``time.process_time``, all threads) over the same steps (for
+  mtfuse the difference of the two whole ``train()`` calls, whose set-up, evaluation and saving are the
+  same). On a machine shared with other jobs this is no steadier than wall time (OpenMP threads spin while
+  they wait, and a VM loses time to steal), so the wall-time ratio is the headline.
+
+The ratio printed is mtfuse / Trainer of the steady-state figures.
+
+    .venv/bin/python benchmarks/trainer_throughput.py --steps 20 --repeats 3           # CPU
+    .venv/bin/python benchmarks/trainer_throughput.py --steps 300 --warmup 20 --repeats 3   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "glue.yaml"
+NEVER = 10**9
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"), help="default ../shared/data")
+    p.add_argument(
+        "--model", default="default", help="'default' (packaged MiniLM) or a local model directory"
+    )
+    p.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before the timed ones")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument(
+        "--subset", type=int, default=None, help="SST-2 train examples (default: (warmup+steps) x batch)"
+    )
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--repeats", type=int, default=1, help="measure both this many times, alternating; report medians"
+    )
+    p.add_argument(
+        "--hf-optim", default="adamw_torch", help="Trainer optim (adamw_torch = mtfuse's torch AdamW)"
+    )
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present")
+    p.add_argument(
+        "--output", type=Path, default=None, help="default benchmarks/results/trainer_throughput-<dev>.json"
+    )
+    p.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "runs" / "trainer_throughput")
+    return p.parse_args(argv)
+
+
+def _sync(cuda: bool) -> None:
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+def sst2_batches(
+    args: argparse.Namespace, tokenizer: Any
+) -> tuple[list[dict[str, Any]], list[list[int]], int]:
+    """(examples in mtfuse's batch order, the batches as index lists, subset size) for W+S steps."""
+    import numpy as np
+
+    from mtfuse.batching import BatchStream
+    from mtfuse.config import DataConfig
+    from mtfuse.tasks.prepare import subset_rows
+    from mtfuse.tasks.readers import READERS
+
+    data = DataConfig(format="glue", task="SST-2", path=str(Path(args.data_dir) / "glue" / "SST-2"))
+    all_rows = READERS.get("glue").read(data, "train")
+    # mtfuse's label vocabulary: the sorted labels of the full train split
+    labels = sorted({r["label"] for r in all_rows})
+    n = args.subset or (args.warmup + args.steps) * args.batch_size
+    # the rows mtfuse's subset.train=n keeps (subset.seed 0)
+    rows = subset_rows(all_rows, n, 0, "sst2", "train")
+    enc = tokenizer([r["sentence"] for r in rows], truncation=True, max_length=args.max_length)
+    examples = [
+        {
+            "input_ids": enc["input_ids"][i],
+            "token_type_ids": enc["token_type_ids"][i],
+            "attention_mask": enc["attention_mask"][i],
+            "labels": labels.index(r["label"]),
+        }
+        for i, r in enumerate(rows)
+    ]
+    lengths = np.array([len(e["input_ids"]) for e in examples])
+    # mtfuse's batch order; a single task's stream has seed train.seed + 0
+    stream = BatchStream(lengths, args.batch_size, args.seed, False)
+    batches = [stream.next().tolist() for _ in range(args.warmup + args.steps)]
+    ordered = [examples[i] for b in batches for i in b]
+    return ordered, [[len(examples[i]["input_ids"]) for i in b] for b in batches], len(rows)
+
+
+# ------------------------------------------------------------------------------------------------ mtfuse
+
+
+def mtfuse_run(
+    args: argparse.Namespace, steps: int, subset: int, warmup_lr: int, name: str
+) -> dict[str, Any]:
+    from mtfuse import config as config_mod
+    from mtfuse.train import train
+
+    overrides = [
+        f"data_dir={args.data_dir}",
+        f"model.name_or_path={args.model}",
+        "only_tasks=[sst2]",
+        f"tasks.sst2.max_length={args.max_length}",
+        f"subset.train={subset}",
+        "subset.eval=64",  # the final evaluation is not timed; keep it short
+        f"train.max_steps={steps}",
+        f"train.warmup_steps={warmup_lr}",
+        f"train.batch_size={args.batch_size}",
+        f"train.lr={args.lr}",
+        f"train.seed={args.seed}",
+        f"train.eval_every={NEVER}",
+        "train.tensorboard=false",
+        "train.progress=false",
+        "train.keep_checkpoints=1",
+    ]
+    if args.cpu:
+        overrides.append("train.cpu=true")
+    cfg = config_mod.load(CONFIG, overrides)
+    out = args.work_dir / name
+    cpu0 = time.process_time()
+    train(cfg, out, overwrite=True)
+    rec = json.loads((out / "results.json").read_text())
+    rec["process_cpu_seconds"] = time.process_time() - cpu0  # the whole train() call, all threads
+    return rec
+
+
+def measure_mtfuse(args: argparse.Namespace, subset: int, warmup_lr: int) -> dict[str, Any]:
+    W, S, B = args.warmup, args.steps, args.batch_size
+    short = mtfuse_run(args, W, subset, warmup_lr, "mtfuse-w")
+    full = mtfuse_run(args, W + S, subset, warmup_lr, "mtfuse-ws")
+    seconds = full["cost"]["train_seconds"] - short["cost"]["train_seconds"]
+    cpu = full["process_cpu_seconds"] - short["process_cpu_seconds"]
+    return {
+        "samples_per_second": round(S * B / seconds, 2),
+        "timed_seconds": round(seconds, 3),
+        "samples_per_cpu_second": round(S * B / cpu, 3),
+        "whole_run_samples_per_second": full["cost"]["train_samples_per_second"],
+        "precision": full["cost"]["precision"],
+        "device": full["cost"]["device"],
+    }
+
+
+# ------------------------------------------------------------------------------------------- HF Trainer
+
+
+def measure_trainer(
+    args: argparse.Namespace, ordered: list[dict[str, Any]], warmup_lr: int, cuda: bool, bf16: bool
+) -> dict[str, Any]:
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from mtfuse.model import resolve_model_path
+
+    W, S, B = args.warmup, args.steps, args.batch_size
+    path = resolve_model_path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(args.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.start: float | None = None
+            self.end: float | None = None
+            self.begin = 0.0
+            self.compute = 0.0
+            self.cpu_start = self.cpu_end = 0.0
+
+        def on_step_begin(self, args_, state, control, **kw):
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, args_, state, control, **kw):
+            now = time.perf_counter()
+            if state.global_step > W:
+                self.compute += now - self.begin
+            if state.global_step in (W, W + S):
+                _sync(cuda)
+                now = time.perf_counter()
+                if state.global_step == W:
+                    self.start, self.cpu_start = now, time.process_time()
+                else:
+                    self.end, self.cpu_end = now, time.process_time()
+
+    padded: list[int] = []
+    base_collator = DataCollatorWithPadding(tokenizer)
+
+    def collator(features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = base_collator(features)
+        padded.append(int(batch["input_ids"].shape[1]))
+        return batch
+
+    targs = TrainingArguments(
+        output_dir=str(args.work_dir / "hf-trainer"),
+        per_device_train_batch_size=B,
+        max_steps=W + S,
+        learning_rate=args.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=warmup_lr,
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        optim=args.hf_optim,
+        bf16=bf16,
+        use_cpu=not cuda,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        eval_strategy="no",
+        dataloader_num_workers=0,
+        train_sampling_strategy="sequential",  # the dataset is already in mtfuse's batch order
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        seed=args.seed,
+    )
+    timer = StepTimer()
+    trainer = Trainer(
+        model=model, args=targs, train_dataset=ordered, data_collator=collator, callbacks=[timer]
+    )
+    out = trainer.train()
+    assert timer.start is not None and timer.end is not None
+    seconds = timer.end - timer.start
+    return {
+        "samples_per_second": round(S * B / seconds, 2),
+        "timed_seconds": round(seconds, 3),
+        "samples_per_cpu_second": round(S * B / (timer.cpu_end - timer.cpu_start), 3),
+        "step_begin_end_samples_per_second": round(S * B / timer.compute, 2) if not cuda else None,
+        "trainer_metrics_train_samples_per_second": out.metrics.get("train_samples_per_second"),
+        "padded_lengths": padded[: W + S],
+    }
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import torch
+    import transformers
+
+    import mtfuse
+    from mtfuse.model import load_tokenizer
+
+    cuda = torch.cuda.is_available() and not args.cpu
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    device = torch.cuda.get_device_name(0) if cuda else "cpu"
+    tag = "cuda" if cuda else "cpu"
+    W, S, B = args.warmup, args.steps, args.batch_size
+    warmup_lr = int(0.1 * (W + S))  # the recipe's 10% warm-up, as a step count both understand the same way
+
+    tokenizer = load_tokenizer(args.model)
+    ordered, lengths, subset = sst2_batches(args, tokenizer)
+    expected = [max(b) for b in lengths]
+
+    print(f"warming up mtfuse ({W} steps)...", flush=True)
+    mtfuse_run(args, W, subset, warmup_lr, "mtfuse-warmup")
+    reps: list[dict[str, Any]] = []
+    for r in range(args.repeats):
+        order = ("mtfuse", "trainer") if r % 2 == 0 else ("trainer", "mtfuse")
+        rep: dict[str, Any] = {}
+        for which in order:
+            print(f"repeat {r + 1}/{args.repeats}: {which}...", flush=True)
+            if which == "mtfuse":
+                rep["mtfuse"] = measure_mtfuse(args, subset, warmup_lr)
+            else:
+                rep["trainer"] = measure_trainer(args, ordered, warmup_lr, cuda, bf16)
+        rep["trainer"]["same_batches_as_mtfuse"] = rep["trainer"].pop("padded_lengths") == expected
+        mt, hf = rep["mtfuse"], rep["trainer"]
+        rep["ratio"] = round(mt["samples_per_second"] / hf["samples_per_second"], 3)
+        rep["ratio_cpu_time"] = round(mt["samples_per_cpu_second"] / hf["samples_per_cpu_second"], 3)
+        reps.append(rep)
+        print(
+            f"  mtfuse {mt['samples_per_second']:.1f}, Trainer {hf['samples_per_second']:.1f} samples/s, "
+            f"ratio {rep['ratio']:.2f} (per process CPU second: {rep['ratio_cpu_time']:.2f})",
+            flush=True,
+        )
+
+    m = statistics.median(x["mtfuse"]["samples_per_second"] for x in reps)
+    h = statistics.median(x["trainer"]["samples_per_second"] for x in reps)
+    ratio = statistics.median(x["ratio"] for x in reps)
+    ratio_cpu = statistics.median(x["ratio_cpu_time"] for x in reps)
+    line = (
+        f"mtfuse {m:.1f} samples/s, HF Trainer {h:.1f} samples/s, ratio {ratio:.2f} "
+        f"({tag}{', bf16' if bf16 else ', fp32'}, {S} steps, batch {B}"
+        f"{f', median of {args.repeats}' if args.repeats > 1 else ''})"
+    )
+    result = {
+        "benchmark": "trainer_throughput",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "benchmarks/trainer_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "device": {"tag": tag, "name": device, "torch_threads": torch.get_num_threads()},
+        "versions": {
+            "mtfuse": mtfuse.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "settings": {
+            "model": args.model,
+            "task": "SST-2 train subset",
+            "subset": subset,
+            "batch_size": B,
+            "max_length": args.max_length,
+            "lr": args.lr,
+            "lr_warmup_steps": warmup_lr,
+            "schedule": "linear",
+            "weight_decay": 0.01,
+            "max_grad_norm": 1.0,
+            "precision": "bf16" if bf16 else "fp32",
+            "timed_steps": S,
+            "untimed_warmup_steps": W,
+            "hf_optim": args.hf_optim,
+            "mean_padded_length_timed": round(sum(expected[W:]) / max(1, S), 1),
+            "mtfuse_timing": "train_seconds(W+S) - train_seconds(W) from results.json (optimizer-step time)",
+            "trainer_timing": "callback: on_step_end(W) -> on_step_end(W+S), incl. batch fetch + collate",
+        },
+        "mtfuse_samples_per_second": m,
+        "trainer_samples_per_second": h,
+        "ratio_mtfuse_over_trainer": ratio,
+        # samples per second of process CPU time (all threads); mtfuse's from the difference of two whole
+        # train() calls. Not steadier than wall time on a shared machine (OpenMP spin-waits, VM steal).
+        "ratio_cpu_time_mtfuse_over_trainer": ratio_cpu,
+        "repeats": reps,
+        "summary": line,
+    }
+    out = args.output or ROOT / "benchmarks" / "results" / f"trainer_throughput-{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(line)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
