@@ -164,3 +164,12 @@ def test_cli_errors_are_one_line(runs: dict[str, Path], tmp_path: Path, capfd: p
     (tmp_path / "exists" / "keep.txt").write_text("mine")
     assert run_cli(["merge", str(runs["cola"]), "--method", "linear", "-o", str(tmp_path / "exists")]) == 2
     assert (tmp_path / "exists" / "keep.txt").read_text() == "mine"
+
+
+def test_runs_with_a_sharing_architecture_are_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "soft"
+    shutil.copytree(runs["stsb"], other)
+    (other / "model" / "sharing.json").write_text('{"format_version": 1, "method": "soft", "params": {}}')
+    with pytest.raises(MtfuseError, match="sharing method 'soft'.*hard-shared runs only"):
+        merge_runs([runs["cola"], other], "linear", tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -46,6 +46,7 @@ from mtfuse.fusion.merge.stats import DATA_MERGE_METHODS, StatsMergeMethod
 from mtfuse.fusion.merge_data import Stats, StatsContext, compute_stats
 from mtfuse.model.encoder import resolve_model_path
 from mtfuse.model.multitask import HEADS_JSON, HEADS_WEIGHTS, read_head_specs
+from mtfuse.model.sharing import SHARING_JSON
 
 ARCH_KEYS = (
     "model_type",
@@ -123,6 +124,12 @@ def load_input(run_dir: Path) -> Input:
             f"{run_dir}: not a run directory with a trained model (no {rundir.MODEL}/{HEADS_JSON})"
         )
     specs = read_head_specs(model_dir / HEADS_JSON)
+    if (model_dir / SHARING_JSON).is_file():
+        method = json.loads((model_dir / SHARING_JSON).read_text()).get("method")
+        raise MtfuseError(
+            f"{run_dir}: trained with sharing method '{method}', whose task-specific parts (adapters, layer "
+            "copies, experts) live outside the encoder; merging supports hard-shared runs only"
+        )
     cfg = rundir.load_run_config(run_dir) if (run_dir / rundir.CONFIG).is_file() else None
     inp = Input(run_dir, model_dir, _read_config(model_dir), list(specs), cfg)
     inp.keymap = _weight_files(model_dir)
