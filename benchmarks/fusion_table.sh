@@ -36,9 +36,9 @@ for m in $MERGES; do
   merged="$merged $WORK/merge-$m"
 done
 $M ensemble "$WORK/mtl-s42" "$WORK/mtl-s1" --method weighted_nll --output "$WORK/ens-mtl" --overwrite
-$M ensemble $st_runs "$WORK/mtl-s42" --method caruana --output "$WORK/ens-st-mtl" --overwrite
+$M ensemble "$WORK/mtl-s42" "$WORK/mtl-s1" --method caruana --output "$WORK/ens-caruana" --overwrite
 $M stack "$WORK/mtl-s42" "$WORK/mtl-s1" --output "$WORK/stack-mtl" --overwrite
-$M compare $st_runs "$WORK/mtl-s42" "$WORK/mtl-s1" $merged "$WORK/ens-mtl" "$WORK/ens-st-mtl" "$WORK/stack-mtl" \
+$M compare $st_runs "$WORK/mtl-s42" "$WORK/mtl-s1" $merged "$WORK/ens-mtl" "$WORK/ens-caruana" "$WORK/stack-mtl" \
    --output "$WORK/compare" --overwrite
 mkdir -p benchmarks/results
 cp "$WORK/compare/compare.md" benchmarks/results/fusion_table-compare.md
