@@ -123,12 +123,16 @@ def predict(
     console.print(f"wrote {len(recs)} predictions to {output}")
 
 
-TASKS_OPT = typer.Option(None, "--tasks", help="tasks to use (repeat, or comma-separate); default: all shared")
+TASKS_OPT = typer.Option(
+    None, "--tasks", help="tasks to use (repeat, or comma-separate); default: all shared"
+)
 
 
 @app.command()
 def ensemble(
-    run_dirs: list[Path] = typer.Argument(..., help="run directories (or ensemble directories) sharing tasks"),
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="run directories (or ensemble directories) sharing tasks"
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="ensemble directory to write"),
     tasks: list[str] = TASKS_OPT,
     method: str = typer.Option(
@@ -147,7 +151,9 @@ def ensemble(
 
 @app.command()
 def stack(
-    run_dirs: list[Path] = typer.Argument(..., help="run directories (or ensemble directories) sharing tasks"),
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="run directories (or ensemble directories) sharing tasks"
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="stack directory to write"),
     tasks: list[str] = TASKS_OPT,
     folds: int = typer.Option(5, help="k of the outer k-fold cross-validation (scores are out-of-fold)"),
@@ -176,9 +182,13 @@ def diversity(
 
 @app.command()
 def compare(
-    paths: list[Path] = typer.Argument(..., help="run / ensemble dirs, results JSON files, or folders of runs"),
+    paths: list[Path] = typer.Argument(
+        ..., help="run / ensemble dirs, results JSON files, or folders of runs"
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="directory for compare.json, compare.md, plots/"),
-    latency: int = typer.Option(32, help="dev inputs per task to time inference on (batch 1 and 32); 0: skip"),
+    latency: int = typer.Option(
+        32, help="dev inputs per task to time inference on (batch 1 and 32); 0: skip"
+    ),
     device: str = typer.Option(None, help="device for the latency measurement (default: cuda if available)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing comparison directory"),
 ) -> None:
