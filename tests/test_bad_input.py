@@ -6,31 +6,17 @@ written is overwritten. Data problems are found before the run directory is crea
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 import yaml
 
-from mtfuse.cli import main
-
-
-def run_cli(argv: list[object]) -> tuple[int, str, str]:
-    """``mtfuse ARGV`` in this process: (exit code, stdout, stderr). Unexpected exceptions propagate."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
+from cli_helpers import run_cli
 
 
 def fails(argv: list[object], *expected: str) -> str:

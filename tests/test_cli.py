@@ -10,18 +10,16 @@ tokenisation cache of its own, so the whole file takes a few seconds of training
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from cli_helpers import run_cli
 from mtfuse import config as config_mod
-from mtfuse.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUN_FILES = (
@@ -44,18 +42,6 @@ _TOPICS = {
     "chip": "tech",
     "app": "tech",
 }
-
-
-def run_cli(argv: list[object]) -> tuple[int, str, str]:
-    """``mtfuse ARGV`` in this process: (exit code, stdout, stderr). Unexpected exceptions propagate."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def ok(argv: list[object]) -> str:

@@ -10,18 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mtfuse.cli import main
+from cli_helpers import exit_code as run_cli
 from mtfuse.errors import MtfuseError
 from mtfuse.fusion.merging import merge_runs
 from mtfuse.model import MultiTaskModel
-
-
-def run_cli(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")

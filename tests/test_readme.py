@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mtfuse.cli import main
+from cli_helpers import exit_code as run
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -37,14 +37,6 @@ def test_setup_commands_and_ci_agree() -> None:
     assert "bash setup.sh test" in ci.splitlines()
     script = (ROOT / "setup.sh").read_text()
     assert 'pip install -q "torch==2.13.0"' in script
-
-
-def run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def test_readme_mtfuse_commands_run(
