@@ -98,34 +98,11 @@ def records(task: TaskData, preds: list[Any], probs: list[Any], gold: list[Any] 
 
     Token tasks give ``tags`` (one per word the model saw) and ``probs``: one ``{label: probability}`` dict
     per such word (the full distribution, which ensembles average word by word)."""
-    labels = task.labels
     out = []
     for i, (p, pr) in enumerate(zip(preds, probs, strict=True)):
-        rec: dict[str, Any] = {"index": i}
-        if task.type.token_level:
-            rec["tags"] = [labels[j] for j in p]  # type: ignore[index]
-            rec["probs"] = [
-                {lab: round(float(x), 6) for lab, x in zip(labels, w, strict=True)}  # type: ignore[arg-type]
-                for w in pr
-            ]
-        elif labels is None:
-            rec["score"] = float(p)
-        elif task.type.name == "multilabel":
-            rec["labels"] = [labels[j] for j in np.flatnonzero(p)]
-            rec["probs"] = {lab: round(float(x), 6) for lab, x in zip(labels, pr, strict=True)}
-        else:
-            rec["label"] = labels[int(p)]
-            rec["probs"] = {lab: round(float(x), 6) for lab, x in zip(labels, pr, strict=True)}
+        rec: dict[str, Any] = {"index": i, **task.type.record(p, pr, task.labels)}
         if gold is not None:
-            g = gold[i]
-            if task.type.token_level:
-                rec["gold"] = g
-            elif labels is None:
-                rec["gold"] = float(g)
-            elif task.type.name == "multilabel":
-                rec["gold"] = [labels[j] for j in np.flatnonzero(g)]
-            else:
-                rec["gold"] = labels[int(g)]
+            rec["gold"] = task.type.gold_record(gold[i], task.labels)
         out.append(rec)
     return out
 

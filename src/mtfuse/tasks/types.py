@@ -70,6 +70,20 @@ class TaskType:
         probs = torch.softmax(logits.float(), dim=-1)
         return probs.argmax(-1).cpu().numpy(), probs.cpu().numpy()
 
+    # -- JSON records (predictions/<task>.jsonl) --------------------------------------------------------
+    def record(self, pred: Any, prob: Any, labels: list[str] | None) -> dict[str, Any]:
+        """One example's prediction: the label by name and a probability per label."""
+        assert labels is not None
+        return {"label": labels[int(pred)], "probs": _label_probs(labels, prob)}
+
+    def gold_record(self, gold: Any, labels: list[str] | None) -> Any:
+        assert labels is not None
+        return labels[int(gold)]
+
+
+def _label_probs(labels: list[str], prob: Any) -> dict[str, float]:
+    return {lab: round(float(x), 6) for lab, x in zip(labels, prob, strict=True)}
+
 
 def _index(lab: str, vocab: list[str], where: str, field: str, split: str) -> int:
     try:
@@ -132,6 +146,12 @@ class Regression(TaskType):
         v = logits.float().view(-1).cpu().numpy()
         return v, v
 
+    def record(self, pred: Any, prob: Any, labels: list[str] | None) -> dict[str, Any]:
+        return {"score": float(pred)}
+
+    def gold_record(self, gold: Any, labels: list[str] | None) -> Any:
+        return float(gold)
+
 
 @register("multilabel")
 class MultiLabel(TaskType):
@@ -169,6 +189,14 @@ class MultiLabel(TaskType):
         probs = torch.sigmoid(logits.float()).cpu().numpy()
         return (probs >= 0.5).astype(np.int64), probs
 
+    def record(self, pred: Any, prob: Any, labels: list[str] | None) -> dict[str, Any]:
+        assert labels is not None
+        return {"labels": [labels[j] for j in np.flatnonzero(pred)], "probs": _label_probs(labels, prob)}
+
+    def gold_record(self, gold: Any, labels: list[str] | None) -> Any:
+        assert labels is not None
+        return [labels[j] for j in np.flatnonzero(gold)]
+
 
 @register("token_classification")
 class TokenClassification(TaskType):
@@ -204,3 +232,11 @@ class TokenClassification(TaskType):
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+    def record(self, pred: Any, prob: Any, labels: list[str] | None) -> dict[str, Any]:
+        """Word-level ``tags`` and, per word, the full ``{label: probability}`` (ensembles average these)."""
+        assert labels is not None
+        return {"tags": [labels[j] for j in pred], "probs": [_label_probs(labels, w) for w in prob]}
+
+    def gold_record(self, gold: Any, labels: list[str] | None) -> Any:
+        return gold  # already tag strings
