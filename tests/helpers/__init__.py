@@ -1,0 +1,1 @@
+"""Shared test builders (tiny models, fake and trained runs, the fixed workflow)."""
