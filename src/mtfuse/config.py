@@ -15,10 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtfuse.errors import ConfigError
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from mtfuse.params import Strict, params_check  # noqa: F401  (re-exported)
 
 
 class DataConfig(Strict):
@@ -305,30 +302,6 @@ def validate_methods(cfg: RunConfig) -> None:
     params_check(SHARING.get(cfg.model.sharing.method), cfg.model.sharing, "model.sharing")
     params_check(SAMPLERS.get(cfg.sampling.method), cfg.sampling, "sampling")
     params_check(WEIGHTINGS.get(cfg.weighting.method), cfg.weighting, "weighting")
-
-
-def params_check(cls: Any, section: BaseModel, name: str) -> BaseModel:
-    """Validate a method's hyperparameters (the extra keys of its section) against ``cls.Params``."""
-    extra = dict(section.model_extra or {})
-    params_model = getattr(cls, "Params", None)
-    if params_model is None:
-        if extra:
-            key = f"{name}.{sorted(extra)[0]}"
-            method = getattr(section, "method", name)
-            raise ConfigError(f"unknown config key '{key}': {name} method '{method}' takes no parameters")
-        return Strict()
-    try:
-        return params_model.model_validate(extra)
-    except ValidationError as err:
-        msgs = []
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"])
-            if e["type"] == "extra_forbidden":
-                valid = sorted(params_model.model_fields) + ["method"]
-                msgs.append(f"unknown config key '{name}.{key}'; choose from [{', '.join(valid)}]")
-            else:
-                msgs.append(f"config key '{name}.{key}': {e['msg']}")
-        raise ConfigError("; ".join(msgs)) from None
 
 
 def dump(cfg: RunConfig) -> str:

@@ -37,7 +37,7 @@ def run_demo(output: Path, overrides: list[str], console: Console) -> dict[str, 
     cfg = config_mod.load(demo_config_path(), [f"data_dir={data_dir}", *overrides])
     output.mkdir(parents=True, exist_ok=True)
     (output / MARKER).write_text("written by mtfuse demo\n")
-    final = train(cfg, output, overwrite=overwrite)
+    final = train(cfg, output, overwrite=True)  # only ever over this command's own output (checked above)
     if not final:
         return {}
     tasks = prepare_tasks(cfg, load_tokenizer(cfg.model.name_or_path), ["train", "dev"])

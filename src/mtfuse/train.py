@@ -41,11 +41,12 @@ from mtfuse.checkpoint import (
     load_extra_tensors,
     save_checkpoint,
 )
-from mtfuse.config import RunConfig, dump, params_check
-from mtfuse.errors import ConfigError
+from mtfuse.config import RunConfig, dump
+from mtfuse.errors import ConfigError, MtfuseError
 from mtfuse.evaluate import evaluate_tasks, records, with_average
 from mtfuse.gradients import cosine_matrix, last_shared_weight, task_gradient_matrix, write_gradient
 from mtfuse.model import HeadSpec, MultiTaskModel, load_encoder
+from mtfuse.params import params_check
 from mtfuse.sampling import SAMPLERS
 from mtfuse.tasks.features import TaskData, collate
 from mtfuse.tasks.prepare import prepare_tasks
@@ -171,7 +172,7 @@ def train(
     acc = make_accelerator(cfg)
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     if main:
-        rundir.prepare_output(out, resume, overwrite, clear=False)  # refuse now; --overwrite clears later
+        rundir.check_output(out, "train", overwrite, resume)  # refuse now, before any slow work
     acc.wait_for_everyone()
 
     # ---- data and model (all checks happen before anything is written) ------------------------------
@@ -187,7 +188,7 @@ def train(
 
     B, accum = cfg.train.batch_size, cfg.train.grad_accum
     if B < world:
-        raise rundir.MtfuseError(f"train.batch_size={B} is smaller than the number of processes ({world})")
+        raise MtfuseError(f"train.batch_size={B} is smaller than the number of processes ({world})")
     streams = {
         n: BatchStream(t.splits["train"].lengths(), B, cfg.train.seed + i, cfg.train.group_by_length)
         for i, (n, t) in enumerate(tasks.items())
@@ -256,7 +257,7 @@ def train(
     if resume:
         ckpt = latest_checkpoint(out / rundir.CHECKPOINTS)
         if ckpt is None:
-            raise rundir.MtfuseError(f"{out}: no complete checkpoint to resume from")
+            raise MtfuseError(f"{out}: no complete checkpoint to resume from")
         saved = load_checkpoint(ckpt, core, optimizer, rank)
         scheduler.load_state_dict(saved["scheduler"])
         sampler.load_state_dict(saved["sampler"])
@@ -270,8 +271,10 @@ def train(
         # losses of the steps between the last log record and the checkpoint: the next record averages them
         running.update({n: list(v) for n, v in saved.get("running", {}).items() if n in running})
     elif main:
-        rundir.prepare_output(out, resume, overwrite)  # data and model are good: only now replace an old run
         out.mkdir(parents=True, exist_ok=True)
+        if overwrite and rundir.owner(out):
+            rundir.stash_previous(out)  # data and model are good: only now move the old run aside
+        rundir.mark(out, "train")
         (out / rundir.CONFIG).write_text(dump(cfg), encoding="utf-8")
     acc.wait_for_everyone()
 
@@ -520,6 +523,7 @@ def train(
     rundir.write_json(out / rundir.METRICS, {"split": "dev", **final})
     rundir.write_json(out / rundir.RESULTS, results_record(cfg, final, state, core, acc, total))
     log.write({"step": state.step, "event": "end", "average": final["average"]})
+    rundir.drop_previous(out)
     if tb is not None:
         tb.close()
     return final

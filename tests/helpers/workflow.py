@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file
-
 from tests.cli_helpers import run_cli
 
 CONFIG = """\
@@ -51,11 +50,42 @@ def run_workflow(root: Path, model_dir: Path, data_dir: Path) -> dict[str, Any]:
     singles = [root / "st-sst2", root / "st-conll"]
     for method in ("linear", "ties", "fisher"):
         cli("merge", *singles, "--method", method, "--output", root / f"merge-{method}")
-    cli("ensemble", root / "st-sst2", root / "mt", "--tasks", "sst2", "--method", "weighted_nll",
-        "--folds", "3", "--output", root / "ens")
-    cli("stack", root / "st-conll", root / "mt", "--tasks", "conll", "--folds", "3", "--output", root / "stack")
-    cli("compare", *singles, root / "mt", root / "merge-ties", root / "ens", root / "stack",
-        "--latency", "0", "--output", root / "cmp")
+    cli(
+        "ensemble",
+        root / "st-sst2",
+        root / "mt",
+        "--tasks",
+        "sst2",
+        "--method",
+        "weighted_nll",
+        "--folds",
+        "3",
+        "--output",
+        root / "ens",
+    )
+    cli(
+        "stack",
+        root / "st-conll",
+        root / "mt",
+        "--tasks",
+        "conll",
+        "--folds",
+        "3",
+        "--output",
+        root / "stack",
+    )
+    cli(
+        "compare",
+        *singles,
+        root / "mt",
+        root / "merge-ties",
+        root / "ens",
+        root / "stack",
+        "--latency",
+        "0",
+        "--output",
+        root / "cmp",
+    )
     return fingerprint(root)
 
 
@@ -79,7 +109,8 @@ def fingerprint(root: Path) -> dict[str, Any]:
         if (d / "metrics.json").is_file():
             m = json.loads((d / "metrics.json").read_text())
             fp["metrics"][str((d / "metrics.json").relative_to(root))] = {
-                "tasks": m["tasks"], "average": m["average"]
+                "tasks": m["tasks"],
+                "average": m["average"],
             }
     assert (root / "cmp" / "compare.json").is_file()
     return fp

@@ -35,9 +35,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from mtfuse.config import Strict
 from mtfuse.errors import ConfigError, MtfuseError
 from mtfuse.model.sharing.base import SHARING, SHARING_JSON, Sharing, check_tensors
+from mtfuse.params import Strict
 
 ADAPTERS_DIR = "adapters"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's SAFETENSORS_WEIGHTS_NAME

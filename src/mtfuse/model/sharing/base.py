@@ -166,7 +166,8 @@ def sharing_spec(sharing: Any) -> dict[str, Any]:
 
 def build_sharing(encoder: PreTrainedModel, tasks: list[str], sharing: Any = None) -> Sharing:
     """Build the architecture named by ``sharing["method"]``, its parameters checked against its Params."""
-    from mtfuse.config import SharingConfig, params_check
+    from mtfuse.config import SharingConfig
+    from mtfuse.params import params_check
 
     spec = sharing_spec(sharing)
     method = spec.get("method")

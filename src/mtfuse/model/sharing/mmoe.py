@@ -30,8 +30,8 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from mtfuse.config import Strict
 from mtfuse.model.sharing.base import SHARING, Sharing
+from mtfuse.params import Strict
 
 
 class Expert(nn.Module):

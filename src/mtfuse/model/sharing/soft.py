@@ -27,8 +27,8 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from mtfuse.config import Strict
 from mtfuse.model.sharing.base import SHARING, Sharing, encoder_layers, normalize_layer
+from mtfuse.params import Strict
 
 
 @SHARING.register("soft")
