@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli_helpers import run_cli
+from tests.helpers.cli import run_cli
 
 
 def fails(argv: list[object], *expected: str) -> str:

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from cli_helpers import run_cli
 from mtfuse import config as config_mod
+from tests.helpers.cli import run_cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUN_FILES = (

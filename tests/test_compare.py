@@ -15,7 +15,7 @@ from mtfuse.errors import MtfuseError
 from mtfuse.fusion import ensemble as E
 from mtfuse.fusion.members import load_all
 from mtfuse.report import markdown
-from test_ensemble import cls_task, fake_run, no_partial_output, trained_runs
+from tests.test_ensemble import cls_task, fake_run, no_partial_output, trained_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

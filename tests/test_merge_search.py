@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cli_helpers import exit_code as run_cli
 from mtfuse.errors import ConfigError
 from mtfuse.fusion import merging
 from mtfuse.fusion.merge_search import SearchSpec, default_space, grid, parse_space, search_merge
 from mtfuse.fusion.merging import get_method, merge_runs
-from test_merge_data import one_thread, runs  # noqa: F401  (fixtures: tiny runs, one intra-op thread)
+from tests.helpers.cli import exit_code as run_cli
+from tests.test_merge_data import one_thread, runs  # noqa: F401  (fixtures: tiny runs, one intra-op thread)
 
 
 def test_space_parsing_and_grid() -> None:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cli_helpers import exit_code as run_cli
 from mtfuse.errors import MtfuseError
 from mtfuse.fusion.merging import merge_runs
 from mtfuse.model import MultiTaskModel
+from tests.helpers.cli import exit_code as run_cli
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from mtfuse.errors import MtfuseError
 from mtfuse.fusion import ensemble as E
 from mtfuse.fusion import stack as S
-from test_ensemble import make_ta, no_partial_output, noisy_members, trained_runs
+from tests.test_ensemble import make_ta, no_partial_output, noisy_members, trained_runs
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file
-from tests.cli_helpers import run_cli
+
+from tests.helpers.cli import run_cli
 
 CONFIG = """\
 data_dir: .
