@@ -32,6 +32,7 @@ class TaskType:
     token_level = False
     text_fields_allowed: tuple[int, ...] = (1, 2)
     default_metrics: tuple[str, ...] = ()
+    metrics_allowed: tuple[str, ...] = ()  # the metrics whose inputs this type's predictions fit
     has_vocab = True
 
     # -- labels --------------------------------------------------------------------------------------
@@ -57,6 +58,13 @@ class TaskType:
     def num_outputs(self, vocab: list[str] | None) -> int:
         assert vocab is not None
         return len(vocab)
+
+    def metric_fits(self, metric: str) -> bool:
+        return metric in self.metrics_allowed
+
+    def metric_fits_labels(self, metric: str, labels: list[str] | None) -> bool:
+        """Whether ``metric`` can score a task with these labels (binary F1 needs exactly two)."""
+        return True
 
     # -- training and prediction -----------------------------------------------------------------------
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -102,6 +110,10 @@ class Classification(TaskType):
     name = "classification"
     head = "classification"
     default_metrics = ("accuracy",)
+    metrics_allowed = ("accuracy", "f1", "matthews", "micro_f1", "macro_f1")
+
+    def metric_fits_labels(self, metric: str, labels: list[str] | None) -> bool:
+        return metric != "f1" or len(labels or []) == 2  # binary F1 of the positive class
 
 
 @register("pair_classification")
@@ -117,6 +129,7 @@ class Regression(TaskType):
     name = "regression"
     head = "regression"
     default_metrics = ("pearson", "spearman")
+    metrics_allowed = ("pearson", "spearman")
     has_vocab = False
 
     def vocab(self, train_rows: list[dict], field: str, fixed: list[str] | None) -> list[str] | None:
@@ -160,6 +173,7 @@ class MultiLabel(TaskType):
     name = "multilabel"
     head = "multilabel"
     default_metrics = ("micro_f1", "macro_f1")
+    metrics_allowed = ("micro_f1", "macro_f1", "accuracy")
 
     def raw_labels(self, value: Any, where: str, field: str) -> list[str]:
         if isinstance(value, (list, tuple)):
@@ -207,6 +221,7 @@ class TokenClassification(TaskType):
     token_level = True
     text_fields_allowed = (1,)
     default_metrics = ("seqeval_f1",)
+    metrics_allowed = ("seqeval_f1",)
 
     def raw_labels(self, value: Any, where: str, field: str) -> list[str]:
         if not isinstance(value, (list, tuple)):
