@@ -89,6 +89,35 @@ def test_multilabel_micro_macro_match_sklearn() -> None:
     assert macro == pytest.approx(1300 / 24)
 
 
+def test_multilabel_with_one_label_scores_that_label() -> None:
+    # An [n, 1] indicator matrix is one label, not a binary target with two classes (issue 8 section 7):
+    # the label is never predicted, so its F1 is 0 (scikit-learn's binary reading gave 83.33 / 45.45).
+    golds = np.array([[0], [0], [0], [0], [1], [0]])
+    preds = np.zeros_like(golds)
+    assert METRICS.get("micro_f1")(preds, golds) == 0.0
+    assert METRICS.get("macro_f1")(preds, golds) == 0.0
+    # one hit, one false alarm: tp=1 fp=1 fn=0 -> F1 = 2/3
+    preds = np.array([[0], [1], [0], [0], [1], [0]])
+    assert METRICS.get("micro_f1")(preds, golds) == pytest.approx(200 / 3)
+    assert METRICS.get("macro_f1")(preds, golds) == pytest.approx(200 / 3)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_multilabel_matches_sklearn_on_random_matrices(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(2, 6))
+    golds = rng.integers(0, 2, size=(20, k))
+    preds = rng.integers(0, 2, size=(20, k))
+    for avg in ("micro", "macro"):
+        want = 100 * f1_score(golds, preds, average=avg, zero_division=0)
+        assert METRICS.get(f"{avg}_f1")(preds, golds) == pytest.approx(want)
+
+
+def test_multilabel_needs_a_matrix() -> None:
+    with pytest.raises(ValueError, match="num_labels"):
+        METRICS.get("micro_f1")([0, 1], [0, 1])
+
+
 @pytest.mark.parametrize("name", ["accuracy", "f1", "matthews", "micro_f1", "macro_f1"])
 def test_scale_is_0_to_100(name: str) -> None:
     rng = np.random.default_rng(0)

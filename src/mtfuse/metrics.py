@@ -97,11 +97,30 @@ def seqeval_f1(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) -
     return 100.0 * float(seqeval_f1_score(g, p, zero_division=0))
 
 
+def _label_counts(preds: Any, golds: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-label true positives, false positives and false negatives of a 0/1 matrix ``[n, num_labels]``.
+
+    Counted here rather than by scikit-learn, which reads an ``[n, 1]`` indicator matrix (a multi-label task
+    with one label) as a binary target and scores both of its classes.
+    """
+    p, g = _pair(preds, golds)
+    if p.ndim != 2:
+        raise ValueError(f"multi-label predictions must be a [n, num_labels] matrix, got shape {p.shape}")
+    p, g = p.astype(bool), g.astype(bool)
+    return (p & g).sum(axis=0), (p & ~g).sum(axis=0), (~p & g).sum(axis=0)
+
+
+def _f1(tp: Any, fp: Any, fn: Any) -> np.ndarray:
+    """``2tp / (2tp + fp + fn)``, 0 where the denominator is 0 (scikit-learn's ``zero_division=0``)."""
+    tp, den = np.asarray(tp, dtype=np.float64), np.asarray(2 * tp + fp + fn, dtype=np.float64)
+    return np.divide(2 * tp, den, out=np.zeros_like(den), where=den > 0)
+
+
 @METRICS.register("micro_f1")
 def micro_f1(preds: Any, golds: Any) -> float:
-    """Micro-averaged F1 over a multi-label 0/1 matrix ``[n, num_labels]``, x100."""
-    p, g = _pair(preds, golds)
-    return 100.0 * float(f1_score(g, p, average="micro", zero_division=0))
+    """Micro-averaged F1 over a multi-label 0/1 matrix ``[n, num_labels]``, x100 (counts pooled over labels)."""
+    tp, fp, fn = _label_counts(preds, golds)
+    return 100.0 * float(_f1(tp.sum(), fp.sum(), fn.sum()))
 
 
 @METRICS.register("macro_f1")
@@ -110,8 +129,8 @@ def macro_f1(preds: Any, golds: Any) -> float:
 
     A label with no gold and no predicted positive scores 0 (``zero_division=0``).
     """
-    p, g = _pair(preds, golds)
-    return 100.0 * float(f1_score(g, p, average="macro", zero_division=0))
+    tp, fp, fn = _label_counts(preds, golds)
+    return 100.0 * float(_f1(tp, fp, fn).mean()) if tp.size else 0.0
 
 
 def task_score(metrics: Mapping[str, float]) -> float:
