@@ -49,7 +49,7 @@ def test_dotted_overrides_parse_values_and_address_tasks_by_name(tmp_path: Path)
     )
     assert cfg.train.lr == 1e-4 and cfg.train.max_steps == 7
     assert cfg.tasks[1].max_length == 64 and cfg.tasks[0].max_length == 128
-    assert cfg.sampling.model_extra == {"temperature": 3}
+    assert cfg.sampling.model_extra == {"temperature": 3, "cap": None}  # resolved: defaults written out
     assert cfg.subset.train == 10
 
 

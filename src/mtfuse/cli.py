@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mtfuse.errors import MtfuseError
+from mtfuse.training.signals import Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect task data without training.")
@@ -344,6 +345,9 @@ def main(argv: list[str] | None = None) -> None:
     _quiet_libraries()
     try:
         app(args=argv, standalone_mode=False)
+    except Interrupted as e:
+        err_console.print(escape(str(e)), highlight=False, soft_wrap=True, emoji=False)
+        sys.exit(130)
     except MtfuseError as e:
         # plain text, not markup: a "[a, b]" list of choices must not be taken for a style tag and dropped
         message = escape(str(e))
@@ -358,8 +362,9 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(e, click.exceptions.ClickException):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
+        if isinstance(e, click.exceptions.Abort):  # click turns Ctrl-C into Abort
+            err_console.print("interrupted")
+            sys.exit(130)
         raise
 
 

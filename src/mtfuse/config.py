@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.types import FiniteFloat, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from mtfuse.errors import ConfigError
-from mtfuse.params import Strict, params_check  # noqa: F401  (re-exported)
+from mtfuse.params import Strict
 
 
 class DataConfig(Strict):
@@ -24,10 +25,107 @@ class DataConfig(Strict):
     format: str
     path: str | None = None  # a directory (glue, conll) or, for generic formats, a default folder for files
     task: str | None = None  # GLUE task name (CoLA, SST-2, MRPC, RTE, WNLI, STS-B) for format 'glue'
-    files: dict[str, str] = Field(default_factory=dict)  # split -> file, for csv/tsv/jsonl/parquet/conll
+    # split -> file (relative to `path` when set), for csv/tsv/jsonl/parquet/conll/lines. When given, it lists
+    # every split: default file names in `path` are then not looked for.
+    files: dict[str, str] = Field(default_factory=dict)
     name: str | None = None  # Hugging Face datasets name (format 'hf'), or a local dataset directory
     config_name: str | None = None  # Hugging Face datasets config
-    splits: dict[str, str] = Field(default_factory=dict)  # mtfuse split -> source split name (format 'hf')
+    # mtfuse split -> source split name: the dataset's split (format 'hf'), or what `{split}` becomes in
+    # `field_files` (format 'lines'; e.g. {dev: valid})
+    splits: dict[str, str] = Field(default_factory=dict)
+    # text files (every format but parquet and hf): a Python codec name such as utf-8, iso-8859-1, cp1252
+    encoding: str = "utf-8"
+    # csv / tsv: false = the file has no header row; the columns are then named by `columns`: a list of
+    # names (every row must have that many fields), or {field: 0-based column index}; without `columns`
+    # they are named by their index as strings ("0", "1", ...: text_fields: ["3"])
+    header: bool = True
+    columns: list[str] | dict[str, int] | None = None
+    delimiter: str | None = None  # csv / tsv: the one-character field separator; default ',' (csv), tab (tsv)
+    quoting: bool | None = None  # csv / tsv: honour "..." quoting; default on for csv, off for tsv (as GLUE)
+    # format 'lines' (one example a line): a regular expression whose named groups are the fields, e.g.
+    # '^(?P<label>\S+) (?P<text>.*)$' for 'LABEL text' lines (TREC: '^(?P<label>[^:]+):\S+ (?P<text>.*)$');
+    # without it (and without field_files) each line is the field 'text'
+    pattern: str | None = None
+    # format 'lines', one file per field, aligned line by line: field -> file name with `{split}`, relative
+    # to `path`, e.g. {text: "{split}_text.txt", label: "{split}_labels.txt"} or {tokens: "{split}/seq.in"}
+    field_files: dict[str, str] = Field(default_factory=dict)
+    # label ids -> names, applied to the task's label field (each tag of a token task): a file (JSON object
+    # or list; 'ID NAME' lines; or one name a line, the first line being id `label_map_start`) or a mapping
+    label_map: str | dict[str, str] | None = None
+    label_map_start: int = 0  # id of the first line of a one-name-a-line label_map file (AG News: 1)
+    # carve a dev split out of train when the data has none: the fraction of train (0 < x < 1) it takes;
+    # seeded by dev_seed, stratified by `stratify` (default: the label field of a task with classes)
+    dev_from_train: float | None = None
+    dev_seed: int = 0
+    stratify: str | None = None
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding_ok(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown encoding '{v}' (use a Python codec name such as utf-8 or iso-8859-1)")
+        return v
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter_ok(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) != 1 or v in "\r\n\"'"):
+            raise ValueError(f"delimiter {v!r} must be one character, not a quote or a line break")
+        return v
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_ok(cls, v: str | None) -> str | None:
+        import re
+
+        if v is None:
+            return v
+        try:
+            compiled = re.compile(v)
+        except re.error as e:
+            raise ValueError(f"pattern {v!r} is not a valid regular expression: {e}") from None
+        if not compiled.groupindex:
+            raise ValueError(f"pattern {v!r} has no named group; name the fields, e.g. (?P<text>.*)")
+        return v
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _label_map_keys(cls, v: Any) -> Any:
+        if isinstance(v, dict):  # YAML reads {1: World} with int keys
+            return {str(k): v[k] for k in v}
+        return v
+
+    @field_validator("dev_from_train")
+    @classmethod
+    def _fraction_ok(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v < 1.0:
+            raise ValueError(f"dev_from_train must be a fraction of train between 0 and 1 (e.g. 0.1), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _options_fit(self) -> DataConfig:
+        if self.columns is not None:
+            if self.header:
+                raise ValueError("columns names the columns of a file without a header row: add header: false")
+            names = list(self.columns)
+            dup = sorted({c for c in names if names.count(c) > 1})
+            if dup or not names:
+                raise ValueError(f"columns must name each column once; got {names}")
+            if isinstance(self.columns, dict) and any(i < 0 for i in self.columns.values()):
+                raise ValueError(f"columns indices are 0-based and not negative; got {self.columns}")
+        if self.field_files:
+            if self.files:
+                raise ValueError("give files (one file a split) or field_files (one file a field), not both")
+            if self.pattern:
+                raise ValueError("pattern splits the lines of one file; with field_files each file is a field")
+            missing = [f for f, name in self.field_files.items() if "{split}" not in name]
+            if missing:
+                raise ValueError(f"field_files['{missing[0]}'] must contain {{split}} (e.g. {{split}}.txt)")
+        return self
 
 
 class TaskConfig(Strict):
@@ -38,8 +136,8 @@ class TaskConfig(Strict):
     label_field: str | None = None
     labels: list[str] | None = None  # fixed label order; default: sorted labels seen in train
     metrics: list[str] | None = None  # default: the task type's metrics
-    max_length: int = 128
-    loss_weight: float = 1.0
+    max_length: int = Field(128, ge=2)  # [CLS] and [SEP] take two positions
+    loss_weight: NonNegativeFloat = Field(1.0, allow_inf_nan=False)
     pooling: Literal["pooler", "cls", "mean"] | None = None  # default: model.pooling
     # encoder layer the head reads (hierarchical sharing); default: last. The index into HF hidden_states:
     # 0 = embeddings, 1..L = transformer layers, negative = from the top (-1 = last)
@@ -62,46 +160,57 @@ class SharingConfig(BaseModel):
 
 class ModelConfig(Strict):
     name_or_path: str = "default"  # 'default' = the packaged all-MiniLM-L6-v2 encoder
-    pooling: Literal["pooler", "cls", "mean"] = "pooler"  # 'pooler' = the encoder's own pooler, as in HF
-    head_dropout: float | None = None  # default: the encoder's hidden_dropout_prob
+    # 'pooler' = the encoder's own pooler, as in HF; default: what the checkpoint was trained with
+    # (sentence-transformers configs name their pooling), else 'pooler'
+    pooling: Literal["pooler", "cls", "mean"] | None = None
+    head_dropout: float | None = Field(None, ge=0.0, lt=1.0)  # default: the encoder's hidden_dropout_prob
     sharing: SharingConfig = Field(default_factory=SharingConfig)  # how tasks share the encoder
 
 
 class TrainConfig(Strict):
     seed: int = 42
-    epochs: float = 3.0
-    max_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 32  # global batch (all processes, before accumulation)
-    eval_batch_size: int = 128
-    grad_accum: int = 1
+    epochs: PositiveFloat = Field(3.0, allow_inf_nan=False)
+    max_steps: PositiveInt | None = None  # overrides epochs when set
+    batch_size: PositiveInt = 32  # global batch (all processes, before accumulation)
+    eval_batch_size: PositiveInt = 128
+    grad_accum: PositiveInt = 1
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 3e-5
-    weight_decay: float = 0.01
+    lr: NonNegativeFloat = Field(3e-5, allow_inf_nan=False)  # 0 freezes the weights (a pipeline check)
+    weight_decay: NonNegativeFloat = Field(0.01, allow_inf_nan=False)
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    momentum: float = 0.9
+    adam_eps: PositiveFloat = 1e-8
+    momentum: NonNegativeFloat = Field(0.9, allow_inf_nan=False)
     scheduler: Literal["linear", "constant", "cosine"] = "linear"
-    warmup_ratio: float = 0.1
-    warmup_steps: int | None = None
-    max_grad_norm: float | None = 1.0
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    warmup_steps: NonNegativeInt | None = None
+    max_grad_norm: PositiveFloat | None = Field(1.0, allow_inf_nan=False)
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
-    eval_every: int | None = None  # steps; default: once per epoch
-    checkpoint_every: int | None = None  # steps; default: eval_every
-    keep_checkpoints: int = 2
+    eval_every: PositiveInt | None = None  # steps; default: once per epoch
+    checkpoint_every: PositiveInt | None = None  # steps; default: eval_every
+    # also write a checkpoint when this many minutes passed since the last one (bounds what a crash loses)
+    checkpoint_minutes: PositiveFloat | None = Field(10.0, allow_inf_nan=False)
+    keep_checkpoints: PositiveInt = 2
     select: Literal["last", "best"] = "last"  # which weights end up in run_dir/model
-    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    early_stopping_patience: PositiveInt | None = None  # evaluations without improvement before stopping
     group_by_length: bool = False
     step_mode: Literal["sampled", "joint"] = (
         "sampled"  # sampled: one task's batch a step; joint: every task's
     )
-    joint_tasks: int | None = (
+    joint_tasks: PositiveInt | None = (
         None  # joint mode: a sampled subset of k tasks per step (loss-level methods only)
     )
     diagnostics: bool = True  # at every evaluation, log the cosine matrix of task gradients (the conflicts)
-    log_every: int = 10
+    log_every: PositiveInt = 10
     tensorboard: bool = True
     progress: bool = True
     cpu: bool = False  # force the CPU even where a GPU is present
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_ok(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
+        return v
 
 
 class SamplingConfig(BaseModel):
@@ -119,8 +228,8 @@ class WeightingConfig(BaseModel):
 class SubsetConfig(Strict):
     """Keep a seeded random subset of each split: short CPU runs of the full configs."""
 
-    train: int | None = None
-    eval: int | None = None
+    train: PositiveInt | None = None
+    eval: PositiveInt | None = None
     seed: int = 0
 
 
@@ -182,8 +291,14 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     last = parts[-1]
     if isinstance(node, list):
         item = _list_item(node, last, key)
+        new = _parse_value(value)
+        if not isinstance(new, dict):
+            raise ConfigError(
+                f"override '{key}={value}': '{key}' is a task; give a mapping "
+                f"(e.g. {key}.max_length=64 changes one key)"
+            )
         item.clear()
-        item.update(_parse_value(value))
+        item.update(new)
     elif isinstance(node, dict):
         node[last] = _parse_value(value)
     else:
@@ -257,11 +372,12 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
     cfg = _substitute(cfg)
+    from mtfuse.plan import make_plan  # the plan step checks names, parameters and cross-field rules
+
     try:
-        validate_methods(cfg)
+        return make_plan(cfg).cfg
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-    return cfg
 
 
 def load(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -278,30 +394,6 @@ def load(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = 
     for o in overrides:
         apply_override(raw, o)
     return from_dict(raw, str(p))
-
-
-def validate_methods(cfg: RunConfig) -> None:
-    """Check registry names (task types, readers, samplers, weightings) and their hyperparameters."""
-    from mtfuse.metrics import METRICS
-    from mtfuse.sampling import SAMPLERS
-    from mtfuse.tasks.readers import READERS
-    from mtfuse.tasks.types import TASK_TYPES
-    from mtfuse.weighting import WEIGHTINGS
-
-    for t in cfg.tasks:
-        named: list[tuple[str, Any, str]] = [("type", TASK_TYPES, t.type)]
-        named.append(("data.format", READERS, t.data.format))
-        named += [("metrics", METRICS, m) for m in t.metrics or []]
-        for key, registry, value in named:
-            try:
-                registry.get(value)
-            except ConfigError as err:
-                raise ConfigError(f"tasks.{t.name}.{key}: {err}") from None
-    from mtfuse.model.sharing import SHARING
-
-    params_check(SHARING.get(cfg.model.sharing.method), cfg.model.sharing, "model.sharing")
-    params_check(SAMPLERS.get(cfg.sampling.method), cfg.sampling, "sampling")
-    params_check(WEIGHTINGS.get(cfg.weighting.method), cfg.weighting, "weighting")
 
 
 def dump(cfg: RunConfig) -> str:

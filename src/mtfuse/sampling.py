@@ -5,7 +5,7 @@ Every sampler is registered in ``SAMPLERS`` under its config name (``sampling.me
     SAMPLERS.get(name)(sizes, params, seed=..., steps_per_epoch=..., num_epochs=...)
 
 ``sizes`` maps task name -> number of training examples, in config order. ``params`` is an instance of the
-class's ``Params`` model (already validated by ``config.params_check``); ``None``, an empty model or a plain
+class's ``Params`` model (already validated by ``params.params_check``); ``None``, an empty model or a plain
 dict are accepted too. ``step`` is the 0-based global training step (the number of batches drawn so far).
 
 Random samplers draw by inverse-CDF from their own ``numpy.random.Generator(PCG64(seed))``: one uniform number

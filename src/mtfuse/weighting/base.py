@@ -68,6 +68,18 @@ class Weighting:
         """Called after ``optimizer.step()`` with the losses recomputed on the same batch, only when
         ``needs_updated_losses`` (FAMO)."""
 
+    def before_backward(
+        self, losses: dict[str, torch.Tensor], shared_named: list[tuple[str, torch.nn.Parameter]]
+    ) -> None:
+        """Called by the loop after ``combine`` and before the backward pass of the same losses (GradNorm
+        reads each task's gradient at the last shared layer here)."""
+
+    def after_step(self, recompute_losses: Callable[[], dict[str, torch.Tensor]]) -> None:
+        """Called by the loop after ``optimizer.step()``; ``recompute_losses()`` gives the same batches'
+        losses under the updated weights (FAMO's second forward). Methods that need it call it."""
+        if self.needs_updated_losses:
+            self.update(recompute_losses())
+
     # ---- checkpoints ----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from mtfuse.errors import ConfigError
+from mtfuse.gradients import last_shared_weight
 from mtfuse.weighting._state import Adam, floats
 from mtfuse.weighting.base import Weighting, register
 
@@ -89,6 +90,14 @@ class GradNorm(Weighting):
             self.initial = self._vector(losses)  # L(0): the first step's losses
         w = self.weights()
         return sum(w[t] * loss for t, loss in losses.items())  # type: ignore[return-value]
+
+    def before_backward(
+        self, losses: dict[str, torch.Tensor], shared_named: list[tuple[str, torch.nn.Parameter]]
+    ) -> None:
+        """Each task's gradient of its unweighted loss at the last shared layer, then one weight update."""
+        W = last_shared_weight(shared_named)
+        grads = {n: torch.autograd.grad(v, W, retain_graph=True, allow_unused=True)[0] for n, v in losses.items()}
+        self.gradnorm_step(losses, {n: g if g is not None else torch.zeros_like(W) for n, g in grads.items()})
 
     def gradnorm_step(
         self, losses: dict[str, torch.Tensor | float], shared_layer_grads: dict[str, torch.Tensor]
