@@ -21,6 +21,7 @@ from mtfuse.errors import MtfuseError
 from mtfuse.fusion import ensemble as E
 from mtfuse.fusion.diversity import diversity_command, pairwise
 from mtfuse.fusion.members import TaskArrays, load_all, load_member
+from mtfuse.tasks.types import TASK_TYPES
 
 # ---------------------------------------------------------------------------------------- helpers
 
@@ -126,6 +127,15 @@ def cls_task(p1: np.ndarray, gold: np.ndarray, labels: tuple[str, str] = ("neg",
     }
 
 
+#: the task types behind the kinds of output the synthetic tests use
+TT = {
+    "categorical": TASK_TYPES.get("classification"),
+    "multilabel": TASK_TYPES.get("multilabel"),
+    "regression": TASK_TYPES.get("regression"),
+    "token": TASK_TYPES.get("token_classification"),
+}
+
+
 def make_ta(
     P: np.ndarray,
     y: np.ndarray,
@@ -141,16 +151,9 @@ def make_ta(
     n = int(example.max()) + 1 if len(example) else 0
     if labels is None and kind != "regression":
         labels = [f"l{j}" for j in range(P.shape[2])]
-    ttype = {
-        "categorical": "classification",
-        "multilabel": "multilabel",
-        "regression": "regression",
-        "token": "token_classification",
-    }[kind]
     return TaskArrays(
         "t",
-        ttype,
-        kind,
+        TT[kind],
         labels,
         list(metrics),
         [Path(f"m{i}") for i in range(P.shape[0])],
@@ -204,31 +207,32 @@ def test_nll_gradient_matches_finite_differences(kind: str) -> None:
     else:
         P, y = rng.dirichlet(np.ones(3), size=(3, 20)), rng.integers(0, 3, 20)
     w = np.array([0.2, 0.5, 0.3])
-    loss, grad = E._nll_and_grad(P, y, kind, w)
-    assert loss == pytest.approx(E.nll(E.weighted_mean(P, w), y, kind))
-    num = approx_fprime(w, lambda v: E._nll_and_grad(P, y, kind, v)[0], 1e-7)
+    loss, grad = E._nll_and_grad(P, y, TT[kind], w)
+    assert loss == pytest.approx(E.nll(E.weighted_mean(P, w), y, TT[kind]))
+    num = approx_fprime(w, lambda v: E._nll_and_grad(P, y, TT[kind], v)[0], 1e-7)
     assert grad == pytest.approx(num, rel=1e-4, abs=1e-5)
 
 
 def test_tune_weights_nll_on_the_simplex_and_prefers_the_good_member() -> None:
     P, y = noisy_members()
-    w = E.tune_weights_nll(P, y)
+    cat = TT["categorical"]
+    w = E.tune_weights_nll(P, y, cat)
     assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
     assert w[0] == max(w)
-    assert E.nll(E.weighted_mean(P, w), y, "categorical") <= E.nll(E.mean_probs(P), y, "categorical")
-    assert E.tune_weights_nll(P[:1], y) == pytest.approx([1.0])
+    assert E.nll(E.weighted_mean(P, w), y, cat) <= E.nll(E.mean_probs(P), y, cat)
+    assert E.tune_weights_nll(P[:1], y, cat) == pytest.approx([1.0])
 
 
 def test_tune_weights_nll_regression_and_multilabel() -> None:
     rng = np.random.default_rng(2)
     y = rng.normal(size=200)
     P = np.stack([y + rng.normal(0, 0.1, 200), y + rng.normal(0, 2.0, 200)])[:, :, None]
-    w = E.tune_weights_nll(P, y, "regression")
+    w = E.tune_weights_nll(P, y, TT["regression"])
     assert w[0] > 0.9
     yl = (rng.random((200, 3)) < 0.5).astype(float)
     good = np.clip(yl * 0.8 + 0.1, 0, 1)
     Pm = np.stack([good, rng.uniform(0, 1, (200, 3))])
-    assert E.tune_weights_nll(Pm, yl, "multilabel")[0] > 0.8
+    assert E.tune_weights_nll(Pm, yl, TT["multilabel"])[0] > 0.8
 
 
 def test_tune_weights_metric_random_search_keeps_uniform_on_ties() -> None:
@@ -260,13 +264,14 @@ def test_majority_vote_and_soft_vote() -> None:
     assert E.soft_vote(P2, [0.5, 0.5, 0.0]).tolist() == [1]
     # multi-label: per label majority
     Pm = np.array([[[0.9, 0.2]], [[0.8, 0.6]], [[0.1, 0.7]]])
-    assert (E.majority_vote(Pm, multilabel=True) >= 0.5).astype(int).tolist() == [[1, 1]]
+    assert (E.majority_vote(Pm, TT["multilabel"].votes) >= 0.5).astype(int).tolist() == [[1, 1]]
+    assert E.majority_vote(P, TT["categorical"].votes) == pytest.approx(out)
 
 
 def test_caruana_selection_with_replacement() -> None:
     P, y = noisy_members(qualities=(0.95, 0.6, 0.55, 0.5))
     acc = lambda out: float((out.argmax(1) == y).mean())  # noqa: E731
-    w, hist = E.caruana_selection(P, acc, n_iter=10, loss_fn=lambda out: E.nll(out, y, "categorical"))
+    w, hist = E.caruana_selection(P, acc, n_iter=10, loss_fn=lambda out: E.nll(out, y, TT["categorical"]))
     assert w.sum() == pytest.approx(1.0) and w[0] == max(w)
     assert len(hist) == 10 and hist[0]["added"] == 0
     assert acc(E.weighted_mean(P, w)) >= max(acc(P[m]) for m in range(4))
@@ -317,7 +322,7 @@ def test_tuned_weights_not_worse_than_uniform_out_of_fold(method: str) -> None:
     uniform = E.fuse_task(ta, "mean", 5, E.Options(seed=0))
     assert tuned.metrics["accuracy"] >= uniform.metrics["accuracy"] - 1.0
     if method == "weighted_nll":
-        assert E.nll(tuned.out, y, "categorical") <= E.nll(uniform.out, y, "categorical") + 0.01
+        assert E.nll(tuned.out, y, TT["categorical"]) <= E.nll(uniform.out, y, TT["categorical"]) + 0.01
     assert len(tuned.fold_params) == 5
 
 

@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from mtfuse.errors import MtfuseError
 from mtfuse.fusion import ensemble as E
 from mtfuse.fusion import stack as S
+from mtfuse.tasks.types import TASK_TYPES
 from tests.test_ensemble import make_ta, no_partial_output, noisy_members, trained_runs
 
 
@@ -103,7 +104,7 @@ def test_apply_meta_checks_the_member_count() -> None:
     P, y = separable()
     params = S.fit_meta(make_ta(P, y), E.Options())
     with pytest.raises(MtfuseError, match="expects 2 members x 3 outputs, got 1 x 3"):
-        S.apply_meta(P[:1], params, "categorical")
+        S.apply_meta(P[:1], params, TASK_TYPES.get("classification"))
 
 
 def test_pooled_features_are_refused_with_a_clear_error(tmp_path: Path) -> None:
@@ -143,6 +144,6 @@ def test_stack_of_real_runs_predicts_through_members_and_meta_learner(
     member = [Predictor(r).predict_rows("sst2", rows) for r in (runs["mt1"], runs["mt2"])]
     labels = spec["tasks"]["sst2"]["labels"]
     P = np.array([[[r["probs"][lab] for lab in labels] for r in m] for m in member])
-    expect = S.apply_meta(P, spec["tasks"]["sst2"]["params"], "categorical")
+    expect = S.apply_meta(P, spec["tasks"]["sst2"]["params"], TASK_TYPES.get("classification"))
     for r, e in zip(got, expect, strict=True):
         assert [r["probs"][lab] for lab in labels] == pytest.approx(e, abs=2e-6)

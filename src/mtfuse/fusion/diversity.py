@@ -29,19 +29,18 @@ def decisions(ta: TaskArrays) -> np.ndarray:
 
 
 def errors(ta: TaskArrays) -> np.ndarray:
-    """Each member's errors, flattened per unit ``[M, U]``: 0/1 indicators, or residuals for regression."""
+    """Each member's errors, flattened per unit ``[M, U]`` (``TaskType.member_errors``: 0/1 indicators, or
+    residuals for continuous outputs)."""
     d = decisions(ta)
-    if ta.kind == "regression":
-        return d - ta.y[None, :]
-    return (d != ta.y[None, ...]).astype(np.float64).reshape(ta.n_members, -1)
+    return np.stack([ta.type.member_errors(d[m], ta.y) for m in range(ta.n_members)])
 
 
-def disagreement(a: np.ndarray, b: np.ndarray, regression: bool = False) -> float:
-    """Fraction of differing decisions (mean absolute difference for regression values)."""
+def disagreement(a: np.ndarray, b: np.ndarray, values: bool = False) -> float:
+    """Fraction of differing decisions (``values``: the mean absolute difference of continuous outputs)."""
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     if a.size == 0:
         return 0.0
-    return float(np.mean(np.abs(a - b))) if regression else float(np.mean(a != b))
+    return float(np.mean(np.abs(a - b))) if values else float(np.mean(a != b))
 
 
 def error_correlation(ea: np.ndarray, eb: np.ndarray) -> float | None:
@@ -57,7 +56,7 @@ def pairwise(ta: TaskArrays) -> dict[str, Any]:
     m = ta.n_members
     d = decisions(ta).reshape(m, -1)
     e = errors(ta)
-    reg = ta.kind == "regression"
+    reg = ta.type.continuous
     dis = [[disagreement(d[i], d[j], reg) for j in range(m)] for i in range(m)]
     corr = [[error_correlation(e[i], e[j]) for j in range(m)] for i in range(m)]
     rate = [float(np.mean(np.abs(x))) if reg else float(np.mean(x)) for x in e]

@@ -4,13 +4,13 @@ Every combining function takes ``P``: the members' outputs stacked as ``[M, N, C
 labels; a list of ``[N, C]`` arrays works too) and returns fused outputs ``[N, C]``:
 
 * :func:`mean_probs`, :func:`weighted_mean` (weights on the simplex);
-* :func:`tune_weights_nll`: weights minimising the negative log-likelihood (categorical / token: log loss;
-  multi-label: binary cross-entropy; regression: squared error, the Gaussian NLL up to constants), solved
-  with SLSQP under ``w >= 0, sum(w) = 1``;
+* :func:`tune_weights_nll`: weights minimising the negative log-likelihood of the task type
+  (``TaskType.fused_nll``: classification / token: log loss; multi-label: binary cross-entropy; regression:
+  squared error, the Gaussian NLL up to constants), solved with SLSQP under ``w >= 0, sum(w) = 1``;
 * :func:`tune_weights_metric`: weights maximising the task metric, by seeded random search over the simplex
   (uniform weights, every single member, then Dirichlet(1) draws; the first best wins, so uniform wins ties);
-* :func:`majority_vote` (hard vote, ties broken by the mean probability) and :func:`soft_vote` (the argmax
-  of the mean probability, scikit-learn's ``voting='soft'``);
+* :func:`majority_vote` (hard vote of the members' ``TaskType.votes``, ties broken by the mean probability)
+  and :func:`soft_vote` (the argmax of the mean probability, scikit-learn's ``voting='soft'``);
 * :func:`caruana_selection`: greedy forward selection with replacement (Caruana, Niculescu-Mizil, Crew &
   Ksikes, "Ensemble Selection from Libraries of Models", ICML 2004), initialised with the best single member,
   keeping the best bag seen; the task metric decides, the NLL breaks ties;
@@ -48,8 +48,10 @@ from mtfuse.fusion.members import (
     load_all,
     make_records,
     metrics_record,
+    stack_outputs,
 )
 from mtfuse.registry import Registry
+from mtfuse.tasks.types import TASK_TYPES, TaskType
 
 EPS = 1e-12
 ScoreFn = Callable[[np.ndarray], float]
@@ -91,38 +93,20 @@ def weighted_mean(P: np.ndarray | Sequence[np.ndarray], w: np.ndarray | Sequence
     return np.tensordot(check_simplex(w, arr.shape[0]), arr, axes=1)
 
 
-def nll(out: np.ndarray, y: np.ndarray, kind: str) -> float:
-    """Mean negative log-likelihood of fused outputs: log loss (categorical, token), binary cross-entropy per
-    label (multilabel), squared error (regression)."""
-    out = np.asarray(out, dtype=np.float64)
-    if kind == "regression":
-        return float(np.mean((out.reshape(len(y)) - y) ** 2)) if len(y) else 0.0
-    if kind == "multilabel":
-        q = np.clip(out, EPS, 1 - EPS)
-        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))) if len(y) else 0.0
-    if not len(y):
-        return 0.0
-    return float(-np.mean(np.log(np.clip(out[np.arange(len(y)), y], EPS, None))))
+def nll(out: np.ndarray, y: np.ndarray, task_type: TaskType) -> float:
+    """Mean negative log-likelihood of fused outputs against the targets (``TaskType.fused_nll``)."""
+    return task_type.fused_nll(np.asarray(out, dtype=np.float64), y)
 
 
-def _nll_and_grad(P: np.ndarray, y: np.ndarray, kind: str, w: np.ndarray) -> tuple[float, np.ndarray]:
+def _nll_and_grad(
+    P: np.ndarray, y: np.ndarray, task_type: TaskType, w: np.ndarray
+) -> tuple[float, np.ndarray]:
     """NLL of ``weighted_mean(P, w)`` and its gradient with respect to ``w``."""
-    n = max(len(y), 1)
-    if kind == "regression":
-        r = np.tensordot(w, P, axes=1)[:, 0] - y
-        return float(np.mean(r**2)), 2.0 * (P[:, :, 0] @ r) / n
-    if kind == "multilabel":
-        q = np.clip(np.tensordot(w, P, axes=1), EPS, 1 - EPS)
-        loss = -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
-        d = -(y / q - (1 - y) / (1 - q)) / q.size
-        return float(loss), np.einsum("mnc,nc->m", P, d)
-    py = P[:, np.arange(len(y)), y]  # [M, N]: each member's probability of the gold label
-    q = np.clip(w @ py, EPS, None)
-    return float(-np.mean(np.log(q))), -(py / q).sum(axis=1) / n
+    return task_type.fused_nll_grad(P, y, w)
 
 
 def tune_weights_nll(
-    P: np.ndarray | Sequence[np.ndarray], y: np.ndarray, kind: str = "categorical", max_iter: int = 200
+    P: np.ndarray | Sequence[np.ndarray], y: np.ndarray, task_type: TaskType, max_iter: int = 200
 ) -> np.ndarray:
     """Simplex weights minimising the NLL of the weighted mean (SLSQP from uniform; never worse than uniform
     on the data it is tuned on)."""
@@ -133,7 +117,7 @@ def tune_weights_nll(
         return w0
     y = np.asarray(y)
     res = minimize(
-        lambda w: _nll_and_grad(arr, y, kind, w),
+        lambda w: _nll_and_grad(arr, y, task_type, w),
         w0,
         jac=True,
         method="SLSQP",
@@ -143,7 +127,7 @@ def tune_weights_nll(
     )
     w = np.clip(np.asarray(res.x, dtype=np.float64), 0.0, None)
     w = w / w.sum() if w.sum() > 0 else w0
-    if _nll_and_grad(arr, y, kind, w)[0] > _nll_and_grad(arr, y, kind, w0)[0]:
+    if _nll_and_grad(arr, y, task_type, w)[0] > _nll_and_grad(arr, y, task_type, w0)[0]:
         return w0
     return w
 
@@ -168,20 +152,27 @@ def tune_weights_metric(
     return cands[int(np.argmax(scores))]
 
 
-def majority_vote(P: np.ndarray | Sequence[np.ndarray], multilabel: bool = False) -> np.ndarray:
+def _argmax_votes(out: np.ndarray) -> np.ndarray:
+    v = np.zeros_like(out)
+    v[np.arange(out.shape[0]), out.argmax(axis=1)] = 1.0
+    return v
+
+
+def majority_vote(
+    P: np.ndarray | Sequence[np.ndarray], votes: Callable[[np.ndarray], np.ndarray] | None = None
+) -> np.ndarray:
     """Hard vote, as a distribution ``(votes + mean probability) / (M + 1)``: its argmax (or, multi-label, its
-    0.5 threshold) is the majority decision, ties broken by the mean probability."""
+    0.5 threshold) is the majority decision, ties broken by the mean probability.
+
+    ``votes(out) -> [N, C]``: one member's votes (``TaskType.votes``; default: 1 for its argmax)."""
     arr = as_stack(P)
     m = arr.shape[0]
     mean = arr.mean(axis=0)
-    if multilabel:
-        votes = (arr >= 0.5).sum(axis=0).astype(np.float64)
-    else:
-        votes = np.zeros_like(mean)
-        top = arr.argmax(axis=2)  # [M, N]
-        for k in range(m):
-            votes[np.arange(arr.shape[1]), top[k]] += 1.0
-    return (votes + mean) / (m + 1)
+    vote = votes or _argmax_votes
+    counts = np.zeros_like(mean)
+    for k in range(m):
+        counts += vote(arr[k])
+    return (counts + mean) / (m + 1)
 
 
 def soft_vote(
@@ -260,13 +251,14 @@ class Options:
 class Method:
     """An ensemble method: ``fit`` tunes parameters on (a fold of) the dev split, ``apply`` fuses outputs.
 
-    ``fit(ta, options) -> params`` (JSON-ready); ``apply(P, params, kind) -> [N, C]``."""
+    ``fit(ta, options) -> params`` (JSON-ready); ``apply(P, params, task_type) -> [N, C]``."""
 
     name: str
     tuned: bool
     fit: Callable[[TaskArrays, Options], dict[str, Any]]
-    apply: Callable[[np.ndarray, dict[str, Any], str], np.ndarray]
+    apply: Callable[[np.ndarray, dict[str, Any], TaskType], np.ndarray]
     summary: str
+    votes: bool = False  # counts decisions: no meaning for continuous outputs (regression), the mean is used
 
 
 METHODS: Registry[Method] = Registry("ensemble method")
@@ -276,14 +268,12 @@ def _register(method: Method) -> None:
     METHODS.register(method.name)(method)
 
 
-def _apply_weights(P: np.ndarray, params: dict[str, Any], kind: str) -> np.ndarray:
+def _apply_weights(P: np.ndarray, params: dict[str, Any], task_type: TaskType) -> np.ndarray:
     return weighted_mean(P, params["weights"])
 
 
-def _apply_vote(P: np.ndarray, params: dict[str, Any], kind: str) -> np.ndarray:
-    if kind == "regression":
-        return mean_probs(P)
-    return majority_vote(P, multilabel=kind == "multilabel")
+def _apply_vote(P: np.ndarray, params: dict[str, Any], task_type: TaskType) -> np.ndarray:
+    return majority_vote(P, task_type.votes)
 
 
 def _fit_uniform(ta: TaskArrays, o: Options) -> dict[str, Any]:
@@ -291,7 +281,7 @@ def _fit_uniform(ta: TaskArrays, o: Options) -> dict[str, Any]:
 
 
 def _fit_nll(ta: TaskArrays, o: Options) -> dict[str, Any]:
-    return {"weights": tune_weights_nll(ta.P, ta.y, ta.kind).tolist()}
+    return {"weights": tune_weights_nll(ta.P, ta.y, ta.type).tolist()}
 
 
 def _fit_metric(ta: TaskArrays, o: Options) -> dict[str, Any]:
@@ -299,14 +289,23 @@ def _fit_metric(ta: TaskArrays, o: Options) -> dict[str, Any]:
 
 
 def _fit_caruana(ta: TaskArrays, o: Options) -> dict[str, Any]:
-    w, hist = caruana_selection(ta.P, ta.task_score, o.n_iter, lambda out: nll(out, ta.y, ta.kind))
+    w, hist = caruana_selection(ta.P, ta.task_score, o.n_iter, lambda out: nll(out, ta.y, ta.type))
     return {"weights": w.tolist(), "history": hist}
 
 
 _register(Method("mean", False, _fit_uniform, _apply_weights, "mean of the members' probabilities"))
-_register(Method("soft_vote", False, _fit_uniform, _apply_weights, "argmax of the mean probability"))
 _register(
-    Method("vote", False, _fit_uniform, _apply_vote, "majority vote, ties broken by the mean probability")
+    Method("soft_vote", False, _fit_uniform, _apply_weights, "argmax of the mean probability", votes=True)
+)
+_register(
+    Method(
+        "vote",
+        False,
+        _fit_uniform,
+        _apply_vote,
+        "majority vote, ties broken by the mean probability",
+        votes=True,
+    )
 )
 _register(Method("weighted_nll", True, _fit_nll, _apply_weights, "weighted mean, weights minimise the NLL"))
 _register(
@@ -319,8 +318,8 @@ _register(
     Method("stack", True, stack_mod.fit_meta, stack_mod.apply_meta, "meta-learner on members' probabilities")
 )
 
-#: vote / soft vote have no meaning for a regression output: the mean is used (and recorded) instead.
-REGRESSION_FALLBACK = {"vote": "mean", "soft_vote": "mean"}
+#: what a voting method becomes on continuous outputs (regression), where a vote has no meaning
+VOTE_FALLBACK = "mean"
 
 
 @dataclass
@@ -347,7 +346,7 @@ def kfold_oof(
         train = np.setdiff1d(np.arange(ta.n_examples), fold)
         params = method.fit(ta.subset(train), options)
         units = ta.units_of(fold)
-        out[units] = method.apply(ta.P[:, units], params, ta.kind)
+        out[units] = method.apply(ta.P[:, units], params, ta.type)
         fold_params.append(params)
     return out, fold_params, method.fit(ta, options)
 
@@ -355,15 +354,16 @@ def kfold_oof(
 def fuse_task(ta: TaskArrays, method_name: str, k: int, options: Options) -> TaskFusion:
     """Fuse one task with one method under the protocol (k-fold out-of-fold when the method is tuned)."""
     note = None
-    if ta.kind == "regression" and method_name in REGRESSION_FALLBACK:
-        note = f"'{method_name}' does not apply to a regression output; the mean is used"
-        method_name = REGRESSION_FALLBACK[method_name]
     method = METHODS.get(method_name)
+    if method.votes and ta.type.continuous:
+        note = f"'{method_name}' does not apply to a {ta.type.name} output (a value, not a vote); the mean is used"
+        method_name = VOTE_FALLBACK
+        method = METHODS.get(method_name)
     if method.tuned:
         out, fold_params, params = kfold_oof(ta, method, k, options)
     else:
         params = method.fit(ta, options)
-        out, fold_params = method.apply(ta.P, params, ta.kind), []
+        out, fold_params = method.apply(ta.P, params, ta.type), []
     return TaskFusion(ta, method_name, out, ta.score(out), params, fold_params, note)
 
 
@@ -464,8 +464,7 @@ class Fusion:
         tasks = {}
         for name, f in self.tasks.items():
             rec: dict[str, Any] = {
-                "type": f.ta.type,
-                "kind": f.ta.kind,
+                "type": f.ta.type.name,
                 "labels": f.ta.labels,
                 "metrics": f.ta.metrics,
                 "method": f.method,
@@ -675,43 +674,23 @@ class EnsemblePredictor:
         if task not in self.spec["tasks"]:
             raise MtfuseError(f"unknown task '{task}'; this ensemble has [{', '.join(self.tasks)}]")
         t = self.spec["tasks"][task]
-        kind, labels = t["kind"], t["labels"]
+        labels = t["labels"]
+        try:
+            tt = TASK_TYPES.get(t["type"])
+        except (KeyError, MtfuseError) as e:
+            raise MtfuseError(f"{self.dir / ENSEMBLE}: task '{task}': {e}") from None
         outs = [self.member(i).predict_rows(task, rows) for i in range(len(self.members))]
-        if kind == "token":
-            aligned = np.array(
-                [min(len(o[r]["probs"]) for o in outs) for r in range(len(rows))], dtype=np.int64
-            )
-            P = np.stack(
-                [
-                    np.array(
-                        [
-                            [w[lab] for lab in labels]
-                            for r in range(len(rows))
-                            for w in o[r]["probs"][: aligned[r]]
-                        ],
-                        dtype=np.float64,
-                    ).reshape(-1, len(labels))
-                    for o in outs
-                ]
-            )
-            example = np.repeat(np.arange(len(rows)), aligned)
-        else:
-            if kind == "regression":
-                P = np.array([[[r["score"]] for r in o] for o in outs], dtype=np.float64)
-            else:
-                P = np.array(
-                    [[[r["probs"][lab] for lab in labels] for r in o] for o in outs], dtype=np.float64
-                )
-            example = np.arange(len(rows))
-        out = METHODS.get(t["method"]).apply(P, t["params"], kind)
-        recs = make_records(kind, labels, out, example, len(rows))
-        if kind == "token":
-            for rec, first in zip(recs, outs[0], strict=True):
-                toks = first.get("tokens")
-                if toks is not None:
-                    rec["tokens"] = toks
-                    rec["tags"] = rec["tags"] + ["O"] * (len(toks) - len(rec["tags"]))
-        return recs
+        outputs = [
+            [
+                tt.outputs(rec, labels, f"member {self.members[m]}, input row {r + 1}")
+                for r, rec in enumerate(o)
+            ]
+            for m, o in enumerate(outs)
+        ]
+        P, example = stack_outputs(tt, outputs)
+        out = METHODS.get(t["method"]).apply(P, t["params"], tt)
+        recs = make_records(tt, labels, out, example, len(rows))
+        return [tt.complete_record(rec, first) for rec, first in zip(recs, outs[0], strict=True)]
 
     def predict_file(self, task: str, path: Path) -> list[dict[str, Any]]:
         from mtfuse.config import DataConfig

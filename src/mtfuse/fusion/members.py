@@ -22,7 +22,6 @@ Units: an example for sentence-level tasks; a word for token tasks, where only t
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import numpy as np
 
 from mtfuse.errors import MtfuseError
 from mtfuse.metrics import METRICS, aggregate, task_score
-from mtfuse.tasks.types import TASK_TYPES
+from mtfuse.tasks.types import TASK_TYPES, TaskType
 
 HEADS = Path("model") / "heads.json"
 ENSEMBLE = "ensemble.json"
@@ -40,17 +39,13 @@ EVAL_METRICS_FILE = "metrics-dev.json"  # `mtfuse evaluate RUN_DIR` (e.g. of a m
 RESULTS_FILE = "results.json"
 PREDICTIONS = "predictions"
 
-#: How the fusion code treats each task type: the kinds of output it averages.
-KINDS = ("categorical", "multilabel", "regression", "token")
-
 
 @dataclass(frozen=True)
 class TaskInfo:
     """What a member says about one of its tasks."""
 
     name: str
-    type: str  # the task type's registry name (classification, regression, token_classification, ...)
-    kind: str  # one of KINDS
+    type: TaskType  # decides how the task's outputs are read, aligned, fused, scored and written
     labels: list[str] | None  # None for regression
     metrics: list[str]
 
@@ -68,18 +63,6 @@ class Member:
         if name not in self.tasks:
             raise MtfuseError(f"{self.path}: has no task '{name}'; it has [{', '.join(self.tasks)}]")
         return self.tasks[name]
-
-
-def kind_of(task_type: str) -> str:
-    """The fusion kind of a task type (``categorical`` for every single-label classification type)."""
-    tt = TASK_TYPES.get(task_type)
-    if tt.token_level:
-        return "token"
-    if not tt.has_vocab:
-        return "regression"
-    if tt.name == "multilabel":
-        return "multilabel"
-    return "categorical"
 
 
 def _read_json(path: Path) -> Any:
@@ -110,9 +93,7 @@ def load_member(path: str | Path) -> Member:
         kind = str(spec.get("kind", "ensemble"))
         for name, t in spec.get("tasks", {}).items():
             try:
-                tasks[name] = TaskInfo(
-                    name, t["type"], kind_of(t["type"]), t.get("labels"), list(t["metrics"])
-                )
+                tasks[name] = TaskInfo(name, TASK_TYPES.get(t["type"]), t.get("labels"), list(t["metrics"]))
             except (KeyError, TypeError) as e:
                 raise MtfuseError(f"{path / ENSEMBLE}: task '{name}' lacks field {e}") from None
             except MtfuseError as e:
@@ -124,11 +105,10 @@ def load_member(path: str | Path) -> Member:
             name, ttype = h["task"], h["task_type"]
             try:
                 tt = TASK_TYPES.get(ttype)
-                kind_ = kind_of(ttype)
             except MtfuseError as e:  # the registry's "unknown 'x'; choose from [...]"
                 raise MtfuseError(f"{path / HEADS}: task '{name}': {e}") from None
             ms = list(scored.get(name, {})) or list(tt.default_metrics)
-            tasks[name] = TaskInfo(name, ttype, kind_, h.get("labels"), ms)
+            tasks[name] = TaskInfo(name, tt, h.get("labels"), ms)
     else:
         raise MtfuseError(f"{path}: not a run directory (no {HEADS} or {ENSEMBLE})")
     if not tasks:
@@ -143,23 +123,14 @@ def load_member(path: str | Path) -> Member:
 class MemberTask:
     """One member's dev predictions for one task, in example order.
 
-    ``probs``: ``[n, C]`` (categorical, multilabel), ``[n, 1]`` (regression) or a list of ``[words_i, C]``
-    (token). ``gold``: as written (label strings, lists of labels, floats or tag lists)."""
+    ``outputs``: one ``[units, C]`` array per example (``TaskType.outputs``: one row for sentence-level tasks,
+    one per word the model saw for token tasks). ``gold``: as written (label strings, lists of labels, floats
+    or tag lists)."""
 
     member: Member
     info: TaskInfo
-    probs: np.ndarray | list[np.ndarray]
+    outputs: list[np.ndarray]
     gold: list[Any]
-
-
-def _row_probs(d: Any, labels: list[str], where: str) -> np.ndarray:
-    if not isinstance(d, dict):
-        raise MtfuseError(f"{where}: 'probs' is not a {{label: probability}} dict")
-    if set(d) != set(labels):
-        raise MtfuseError(
-            f"{where}: probabilities over labels {sorted(d)} but the task's labels are {labels}"
-        )
-    return np.array([float(d[lab]) for lab in labels], dtype=np.float64)
 
 
 def load_task(member: Member, task: str) -> MemberTask:
@@ -184,8 +155,7 @@ def load_task(member: Member, task: str) -> MemberTask:
                 raise MtfuseError(f"{path}:{i}: not valid JSON ({e.msg})") from None
     if not rows:
         raise MtfuseError(f"{path}: holds no predictions")
-    labels = info.labels
-    probs: list[Any] = []
+    outputs: list[np.ndarray] = []
     gold: list[Any] = []
     for i, r in enumerate(rows):
         where = f"{path}:{i + 1}"
@@ -196,29 +166,8 @@ def load_task(member: Member, task: str) -> MemberTask:
         if "gold" not in r:
             raise MtfuseError(f"{where}: no 'gold' label; fusion needs the dev split's gold labels")
         gold.append(r["gold"])
-        if info.kind == "regression":
-            if "score" not in r:
-                raise MtfuseError(f"{where}: no 'score' for regression task '{task}'")
-            probs.append(float(r["score"]))
-            continue
-        assert labels is not None
-        if info.kind == "token":
-            words = r.get("probs")
-            if not isinstance(words, list):
-                raise MtfuseError(f"{where}: 'probs' is not a list of per-word distributions")
-            if words and not isinstance(words[0], dict):
-                raise MtfuseError(
-                    f"{where}: 'probs' holds only each word's top probability (written by an older mtfuse); "
-                    "token ensembles need the full distribution per word: evaluate or train the run again"
-                )
-            arr = np.array([_row_probs(w, labels, where) for w in words], dtype=np.float64)
-            probs.append(arr.reshape(len(words), len(labels)))
-        else:
-            probs.append(_row_probs(r.get("probs"), labels, where))
-    if info.kind == "token":
-        return MemberTask(member, info, probs, gold)
-    arr = np.asarray(probs, dtype=np.float64)
-    return MemberTask(member, info, arr.reshape(len(rows), -1), gold)
+        outputs.append(info.type.outputs(r, info.labels, where))
+    return MemberTask(member, info, outputs, gold)
 
 
 # ------------------------------------------------------------------------------------------ many members
@@ -229,14 +178,13 @@ class TaskArrays:
     """Aligned dev predictions of M members on one task: what every fusion method works on.
 
     ``P``: ``[M, N, C]`` member outputs per unit (probabilities; regression values with ``C = 1``).
-    ``y``: gold per unit: class index ``[N]`` (categorical, token), 0/1 ``[N, C]`` (multilabel) or float
-    ``[N]`` (regression).
+    ``y``: gold per unit, as the task type's ``targets`` give it: class index ``[N]`` (classification, token),
+    0/1 ``[N, C]`` (multilabel) or float ``[N]`` (regression).
     ``example``: the dev example of each unit ``[N]``, non-decreasing (a token task's words, in order).
     ``gold``: each example's gold as written in the predictions file (kept for the output records)."""
 
     task: str
-    type: str
-    kind: str
+    type: TaskType
     labels: list[str] | None
     metrics: list[str]
     members: list[Path]
@@ -267,26 +215,12 @@ class TaskArrays:
 
     # -- decisions and scores ---------------------------------------------------------------------
     def decide(self, out: np.ndarray) -> np.ndarray:
-        return decide(self.kind, out)
-
-    def _sentences(self, values: np.ndarray) -> list[list[Any]]:
-        """Split per-unit values into per-example lists (token tasks)."""
-        if len(values) == 0:
-            return []
-        cuts = np.flatnonzero(np.diff(self.example)) + 1
-        return [list(v) for v in np.split(values, cuts)]
+        return self.type.decide(out)
 
     def score(self, out: np.ndarray) -> dict[str, float]:
         """The task's metrics (0-100) of fused outputs on these units, as ``mtfuse.evaluate.score`` does."""
-        d = self.decide(out)
-        if self.kind == "token":
-            assert self.labels is not None
-            lab = np.asarray(self.labels, dtype=object)
-            p_tags = self._sentences(lab[d])
-            g_tags = self._sentences(lab[self.y])
-            return {m: METRICS.get(m)(p_tags, g_tags) for m in self.metrics}
-        gold = self.y if self.kind != "multilabel" else self.y.astype(np.int64)
-        return {m: METRICS.get(m)(d, gold) for m in self.metrics}
+        preds, gold = self.type.metric_inputs(self.decide(out), self.y, self.example, self.labels)
+        return {m: METRICS.get(m)(preds, gold) for m in self.metrics}
 
     def task_score(self, out: np.ndarray) -> float:
         return task_score(self.score(out))
@@ -297,71 +231,47 @@ class TaskArrays:
     # -- output records -------------------------------------------------------------------------
     def records(self, out: np.ndarray) -> list[dict[str, Any]]:
         """Prediction records in the run directory's format (``mtfuse.evaluate.records``), one per example."""
-        return make_records(self.kind, self.labels, out, self.example, self.n_examples, self.gold)
-
-
-def decide(kind: str, out: np.ndarray) -> np.ndarray:
-    """Decisions from fused outputs ``[N, C]``: class index, 0/1 matrix (threshold 0.5) or the value."""
-    if kind == "regression":
-        return out[:, 0]
-    if kind == "multilabel":
-        return (out >= 0.5).astype(np.int64)
-    return out.argmax(axis=1)
+        return make_records(self.type, self.labels, out, self.example, self.n_examples, self.gold)
 
 
 def make_records(
-    kind: str,
+    task_type: TaskType,
     labels: list[str] | None,
     out: np.ndarray,
     example: np.ndarray,
     n_examples: int,
     gold: list[Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Records like ``mtfuse.evaluate.records`` from fused unit outputs (``example``: each unit's example)."""
-    d = decide(kind, out)
+    """Records like ``mtfuse.evaluate.records`` from fused unit outputs (``example``: each unit's example,
+    ``0..n_examples-1`` in order): the task type's ``record`` of each example's units."""
+    d = task_type.decide(out)
+    bounds = np.searchsorted(example, np.arange(n_examples + 1))
     recs: list[dict[str, Any]] = []
-    if kind == "token":
-        assert labels is not None
-        bounds = np.searchsorted(example, np.arange(n_examples + 1))
-        for i in range(n_examples):
-            a, b = bounds[i], bounds[i + 1]
-            rec: dict[str, Any] = {
-                "index": i,
-                "tags": [labels[j] for j in d[a:b]],
-                "probs": [_prob_dict(labels, row) for row in out[a:b]],
-            }
-            if gold is not None:
-                rec["gold"] = gold[i]
-            recs.append(rec)
-        return recs
-    for i in range(len(d)):
-        rec = {"index": int(example[i])}
-        if kind == "regression":
-            rec["score"] = float(d[i])
-        elif kind == "multilabel":
-            assert labels is not None
-            rec["labels"] = [labels[j] for j in np.flatnonzero(d[i])]
-            rec["probs"] = _prob_dict(labels, out[i])
-        else:
-            assert labels is not None
-            rec["label"] = labels[int(d[i])]
-            rec["probs"] = _prob_dict(labels, out[i])
+    for i in range(n_examples):
+        a, b = bounds[i], bounds[i + 1]
+        rec: dict[str, Any] = {"index": i, **task_type.example_record(d[a:b], out[a:b], labels)}
         if gold is not None:
-            rec["gold"] = gold[int(example[i])]
+            rec["gold"] = gold[i]
         recs.append(rec)
     return recs
 
 
-def _prob_dict(labels: list[str], row: np.ndarray) -> dict[str, float]:
-    return {lab: round(float(x), 6) for lab, x in zip(labels, row, strict=True)}
-
-
-def _same_gold(kind: str, a: Any, b: Any) -> bool:
-    if kind == "regression":
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-6)
-    if kind == "multilabel":
-        return sorted(a) == sorted(b)
-    return bool(a == b)
+def stack_outputs(
+    task_type: TaskType, outputs: list[list[np.ndarray]], columns: list[list[int] | None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Members' per-example outputs (``outputs[m][i]``: ``[units, C]``) as ``P`` ``[M, U, C]`` over the units
+    every member has (``TaskType.aligned_units``), and the example of each unit ``[U]``."""
+    n = len(outputs[0])
+    counts = np.array([[len(x) for x in per] for per in outputs], dtype=np.int64).reshape(len(outputs), n)
+    aligned = task_type.aligned_units(counts)
+    blocks = []
+    for m, per in enumerate(outputs):
+        width = per[0].shape[1] if per else 0
+        parts = [np.asarray(x)[: aligned[i]] for i, x in enumerate(per)]
+        flat = np.concatenate(parts, axis=0) if parts else np.zeros((0, width))
+        cols = columns[m] if columns is not None else None
+        blocks.append(flat[:, cols] if cols is not None else flat)
+    return np.stack(blocks).astype(np.float64), np.repeat(np.arange(n), aligned)
 
 
 def common_tasks(members: list[Member]) -> list[str]:
@@ -377,12 +287,13 @@ def align(members: list[Member], task: str) -> TaskArrays:
     loaded = [load_task(m, task) for m in members]
     ref = loaded[0]
     info = ref.info
+    tt = info.type
     for lt in loaded[1:]:
         other = lt.info
-        if other.kind != info.kind:
+        if not tt.fuses_with(other.type):
             raise MtfuseError(
-                f"task '{task}': {lt.member.path} has a {other.type} task but {ref.member.path} has a "
-                f"{info.type} one"
+                f"task '{task}': {lt.member.path} has a {other.type.name} task but {ref.member.path} has a "
+                f"{tt.name} one"
             )
         if (other.labels is None) != (info.labels is None) or (
             other.labels is not None and set(other.labels) != set(info.labels or [])
@@ -398,7 +309,7 @@ def align(members: list[Member], task: str) -> TaskArrays:
                 "subset.eval)"
             )
         for i, (g1, g2) in enumerate(zip(ref.gold, lt.gold, strict=True)):
-            if not _same_gold(info.kind, g1, g2):
+            if not tt.same_gold(g1, g2):
                 raise MtfuseError(
                     f"task '{task}': dev example {i} has gold {g2!r} in {lt.member.path} but {g1!r} in "
                     f"{ref.member.path}; members must be evaluated on the same dev examples (same data and "
@@ -413,67 +324,22 @@ def align(members: list[Member], task: str) -> TaskArrays:
         assert lt.info.labels is not None
         return [lt.info.labels.index(lab) for lab in labels]
 
-    if info.kind == "token":
-        assert labels is not None
-        lengths = np.array([[len(p) for p in lt.probs] for lt in loaded])  # [M, n]
-        aligned = lengths.min(axis=0)
-        blocks = []
-        for lt in loaded:
-            cols = columns(lt)
-            parts = [np.asarray(p)[: aligned[i]] for i, p in enumerate(lt.probs)]
-            flat = np.concatenate(parts, axis=0) if parts else np.zeros((0, len(labels)))
-            blocks.append(flat[:, cols] if cols is not None else flat)
-        P = np.stack(blocks).reshape(len(loaded), -1, len(labels))
-        example = np.repeat(np.arange(n), aligned)
-        y = np.array(
-            [
-                _tag_index(labels, t, task, ref.member.path)
-                for i, g in enumerate(ref.gold)
-                for t in g[: aligned[i]]
-            ],
-            dtype=np.int64,
-        )
-    else:
-        blocks = []
-        for lt in loaded:
-            arr = np.asarray(lt.probs)
-            cols = columns(lt)
-            blocks.append(arr[:, cols] if cols is not None else arr)
-        P = np.stack(blocks)
-        example = np.arange(n)
-        if info.kind == "regression":
-            y = np.array([float(g) for g in ref.gold], dtype=np.float64)
-        elif info.kind == "multilabel":
-            assert labels is not None
-            y = np.zeros((n, len(labels)), dtype=np.float64)
-            for i, g in enumerate(ref.gold):
-                for lab in g:
-                    y[i, _tag_index(labels, lab, task, ref.member.path)] = 1.0
-        else:
-            assert labels is not None
-            y = np.array([_tag_index(labels, g, task, ref.member.path) for g in ref.gold], dtype=np.int64)
+    P, example = stack_outputs(tt, [lt.outputs for lt in loaded], [columns(lt) for lt in loaded])
+    units = np.bincount(example, minlength=n)
+    where = f"{ref.member.path}: task '{task}'"
+    y = np.concatenate([tt.targets(g, labels, int(units[i]), where) for i, g in enumerate(ref.gold)])
     return TaskArrays(
         task=task,
-        type=info.type,
-        kind=info.kind,
+        type=tt,
         labels=list(labels) if labels is not None else None,
         metrics=list(info.metrics),
         members=[m.path for m in members],
-        P=P.astype(np.float64),
+        P=P,
         y=y,
         example=example,
         n_examples=n,
         gold=list(ref.gold),
     )
-
-
-def _tag_index(labels: list[str], lab: Any, task: str, path: Path) -> int:
-    try:
-        return labels.index(str(lab))
-    except ValueError:
-        raise MtfuseError(
-            f"{path}: task '{task}': gold label '{lab}' is not among the task's labels {labels}"
-        ) from None
 
 
 def load_all(

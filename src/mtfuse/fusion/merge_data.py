@@ -50,14 +50,7 @@ from mtfuse.registry import Registry
 from mtfuse.tasks.features import TaskData, Tokenizing, collate, encode_rows, resolve_fields
 from mtfuse.tasks.prepare import cache_dir, prepare_tasks, read_task_rows, subset_rows
 from mtfuse.tasks.readers import READERS
-from mtfuse.tasks.types import (
-    IGNORE_INDEX,
-    TASK_TYPES,
-    Classification,
-    MultiLabel,
-    Regression,
-    TokenClassification,
-)
+from mtfuse.tasks.types import TASK_TYPES
 
 if TYPE_CHECKING:
     from mtfuse.fusion.merging import Input
@@ -361,46 +354,6 @@ def _to(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
 # ----------------------------------------------------------------------------------------------- Fisher
 
 
-def log_likelihood(task: TaskData, logits: Tensor, labels: Tensor, mode: str, gen: torch.Generator) -> Tensor:
-    """log p(y | x) of one example under the head's likelihood, y chosen by ``mode`` (``merge/fisher.py``).
-
-    Regression under ``sampled`` / ``predicted`` returns mu itself: (d mu)^2 is the exact expected Fisher of a
-    unit-variance Gaussian."""
-    ttype = task.type
-    logits = logits.float()
-    if isinstance(ttype, Regression):
-        mu = logits.reshape(-1)
-        if mode == "gold":
-            return -0.5 * ((labels.float().reshape(-1).to(mu.device) - mu) ** 2).sum()
-        return mu.sum()
-    if isinstance(ttype, MultiLabel):
-        p = torch.sigmoid(logits.detach())
-        if mode == "sampled":
-            y = torch.bernoulli(p.cpu(), generator=gen).to(p.device)
-        elif mode == "predicted":
-            y = (p >= 0.5).float()
-        else:
-            y = labels.float().to(logits.device)
-        return -nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum")
-    if isinstance(ttype, (Classification, TokenClassification)):
-        logp = torch.log_softmax(logits, dim=-1).reshape(-1, logits.shape[-1])
-        if isinstance(ttype, TokenClassification):
-            keep = labels.reshape(-1).to(logp.device) != IGNORE_INDEX
-            logp, gold = logp[keep], labels.reshape(-1).to(logp.device)[keep]
-        else:
-            gold = labels.reshape(-1).to(logp.device)
-        if mode == "sampled":
-            y = torch.multinomial(logp.detach().exp().cpu(), 1, generator=gen).reshape(-1).to(logp.device)
-        elif mode == "predicted":
-            y = logp.detach().argmax(-1)
-        else:
-            y = gold
-        return logp.gather(1, y.reshape(-1, 1)).sum()
-    raise MtfuseError(
-        f"task '{task.name}': Fisher merging does not know the likelihood of type '{ttype.name}'"
-    )
-
-
 @STATS.register("fisher")
 def fisher_stats(ctx: StatsContext) -> FileStats:
     """Diagonal Fisher of each input's encoder: mean over examples of (d log p(y|x) / d theta)^2."""
@@ -428,7 +381,7 @@ def fisher_stats(ctx: StatsContext) -> FileStats:
                 batch = _to(collate(enc, [j], tokenizer.pad_token_id or 0, task.type), device)
                 labels = batch.pop("labels")
                 model.zero_grad(set_to_none=True)
-                ll = log_likelihood(task, model(name, batch), labels, p.label, gen)  # type: ignore[attr-defined]
+                ll = task.type.fisher_log_likelihood(model(name, batch), labels, p.label, gen)  # type: ignore[attr-defined]
                 ll.backward()
                 for n, prm in params.items():
                     if prm.grad is not None:
@@ -535,24 +488,6 @@ def group_of(granularity: str) -> Callable[[str], str]:
     return block
 
 
-def prediction_entropy(task: TaskData, logits: Tensor, attention_mask: Tensor) -> Tensor | None:
-    """Mean Shannon entropy of a head's predictive distribution; None for regression (no distribution)."""
-    ttype = task.type
-    logits = logits.float()
-    if isinstance(ttype, Regression):
-        return None
-    if isinstance(ttype, MultiLabel):
-        p = torch.sigmoid(logits)
-        ls, lns = nn.functional.logsigmoid(logits), nn.functional.logsigmoid(-logits)
-        return -(p * ls + (1 - p) * lns).mean()
-    logp = torch.log_softmax(logits, dim=-1)
-    h = -(logp.exp() * logp).sum(-1)
-    if isinstance(ttype, TokenClassification):
-        m = attention_mask.to(h.dtype)
-        return (h * m).sum() / m.sum().clamp(min=1)
-    return h.mean()
-
-
 @STATS.register("adamerging")
 def adamerging_stats(ctx: StatsContext) -> CoefficientStats:
     """Lambdas (per input, per group) minimising the summed prediction entropy of every task head."""
@@ -571,7 +506,7 @@ def adamerging_stats(ctx: StatsContext) -> CoefficientStats:
     tokenizer = load_tokenizer(str(ctx.inputs[0].model_dir))
     pad = tokenizer.pad_token_id or 0
     data = load_split(ctx.inputs, p.split, tokenizer, p.examples, tasks=head_from)
-    probe = {t: d for t, d in data.items() if not isinstance(d.type, Regression)}
+    probe = {t: d for t, d in data.items() if not d.type.continuous}  # a distribution to take the entropy of
     if not probe:
         raise MtfuseError(
             "AdaMerging minimises prediction entropy: it needs at least one non-regression task"
@@ -603,7 +538,7 @@ def adamerging_stats(ctx: StatsContext) -> CoefficientStats:
             batch = _to(collate(d.splits[p.split], idx, pad, d.type), device)
             batch.pop("labels", None)
             logits = torch.func.functional_call(model, merged, args=(t, batch))
-            h = prediction_entropy(d, logits, batch["attention_mask"])
+            h = d.type.prediction_entropy(logits, batch["attention_mask"])
             total = total + h if h is not None else total
         curve.append(round(float(total.detach()), 6))
         if step == p.steps:

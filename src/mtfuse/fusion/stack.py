@@ -5,11 +5,14 @@ training inputs; ``mtfuse.fusion.ensemble.kfold_oof`` fits the meta-learner on k
 and scores it on the held-out fold (the reported score is out-of-fold), and inside each fit the
 regularisation strength is chosen by an inner cross-validation on that fit's own examples:
 
-* categorical and token tasks: multinomial logistic regression (scikit-learn ``LogisticRegression``, L2)
+The task type names its meta-learner (``TaskType.stack_learner``, a name in :data:`LEARNERS`):
+
+* ``multinomial`` (classification and token tasks): multinomial logistic regression (scikit-learn ``LogisticRegression``, L2)
   on the concatenated member probabilities ``[M * C]`` per example (per word for token tasks); ``C`` from
   ``C_GRID`` by inner k-fold held-out log loss (folds over examples, so a sentence's words stay together);
-* multi-label tasks: one binary logistic regression per label on the members' probabilities of that label;
-* regression: ridge regression (scikit-learn ``RidgeCV``, efficient leave-one-out over ``ALPHA_GRID``) on the
+* ``per_label`` (multi-label tasks): one binary logistic regression per label on the members' probabilities
+  of that label;
+* ``ridge`` (regression): ridge regression (scikit-learn ``RidgeCV``, efficient leave-one-out over ``ALPHA_GRID``) on the
   members' predicted values.
 
 The fitted models are saved as JSON (``coef``, ``intercept``, ``classes``, the chosen ``C`` / ``alpha``) and
@@ -22,15 +25,19 @@ predictions, not encoder outputs, so :func:`check_features` refuses them with a 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mtfuse.errors import MtfuseError
+from mtfuse.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from mtfuse.fusion.ensemble import Options
     from mtfuse.fusion.members import TaskArrays
+    from mtfuse.tasks.types import TaskType
 
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 ALPHA_GRID = tuple(float(a) for a in np.logspace(-3, 3, 13))
@@ -173,40 +180,69 @@ def ridge_forward(X: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ the method
 
 
+@dataclass(frozen=True)
+class MetaLearner:
+    """``fit(P, y, example, options) -> meta`` (JSON) on members' outputs ``[M, N, C]``; ``apply(P, meta) ->
+    [N, C]``."""
+
+    fit: Callable[[np.ndarray, np.ndarray, np.ndarray, Options], dict[str, Any]]
+    apply: Callable[[np.ndarray, dict[str, Any]], np.ndarray]
+
+
+LEARNERS: Registry[MetaLearner] = Registry("stacking meta-learner")
+
+
+def _fit_multinomial(P: np.ndarray, y: np.ndarray, example: np.ndarray, options: Options) -> dict[str, Any]:
+    return fit_logistic_cv(stack_features(P), y, P.shape[2], example, options.inner_folds, options.seed)
+
+
+def _apply_multinomial(P: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    return logistic_forward(stack_features(P), meta, P.shape[2])
+
+
+def _fit_per_label(P: np.ndarray, y: np.ndarray, example: np.ndarray, options: Options) -> dict[str, Any]:
+    per_label = []
+    for j in range(P.shape[2]):
+        yj = y[:, j].astype(np.int64)
+        per_label.append(fit_logistic_cv(P[:, :, j].T, yj, 2, example, options.inner_folds, options.seed))
+    return {"model": "logistic_per_label", "labels": per_label}
+
+
+def _apply_per_label(P: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    cols = [logistic_forward(P[:, :, j].T, lm, 2)[:, 1] for j, lm in enumerate(meta["labels"])]
+    return np.stack(cols, axis=1)
+
+
+def _fit_ridge(P: np.ndarray, y: np.ndarray, example: np.ndarray, options: Options) -> dict[str, Any]:
+    return fit_ridge_cv(P[:, :, 0].T, y)
+
+
+def _apply_ridge(P: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    return ridge_forward(P[:, :, 0].T, meta)[:, None]
+
+
+LEARNERS.register("multinomial")(MetaLearner(_fit_multinomial, _apply_multinomial))
+LEARNERS.register("per_label")(MetaLearner(_fit_per_label, _apply_per_label))
+LEARNERS.register("ridge")(MetaLearner(_fit_ridge, _apply_ridge))
+
+
 def fit_meta(ta: TaskArrays, options: Options) -> dict[str, Any]:
     """Fit the task's meta-learner on these units (a fold's complement, or the whole dev split)."""
-    P, kind = ta.P, ta.kind
+    P = ta.P
     m, _, c = P.shape
-    if kind == "regression":
-        meta = fit_ridge_cv(P[:, :, 0].T, ta.y)
-    elif kind == "multilabel":
-        per_label = []
-        for j in range(c):
-            yj = ta.y[:, j].astype(np.int64)
-            per_label.append(
-                fit_logistic_cv(P[:, :, j].T, yj, 2, ta.example, options.inner_folds, options.seed)
-            )
-        meta = {"model": "logistic_per_label", "labels": per_label}
-    else:
-        meta = fit_logistic_cv(stack_features(P), ta.y, c, ta.example, options.inner_folds, options.seed)
+    meta = LEARNERS.get(ta.type.stack_learner).fit(P, ta.y, ta.example, options)
     return {"meta": meta, "features": "probs", "n_members": m, "n_labels": c}
 
 
-def apply_meta(P: np.ndarray, params: dict[str, Any], kind: str) -> np.ndarray:
+def apply_meta(P: np.ndarray, params: dict[str, Any], task_type: TaskType) -> np.ndarray:
     """The saved meta-learner's outputs ``[N, C]`` on members' outputs ``[M, N, C]``."""
     P = np.asarray(P, dtype=np.float64)
-    meta = params["meta"]
     if P.shape[0] != params["n_members"] or P.shape[2] != params["n_labels"]:
         raise MtfuseError(
             f"the meta-learner expects {params['n_members']} members x {params['n_labels']} outputs, "
             f"got {P.shape[0]} x {P.shape[2]}"
         )
-    if kind == "regression":
-        return ridge_forward(P[:, :, 0].T, meta)[:, None]
-    if kind == "multilabel":
-        cols = [logistic_forward(P[:, :, j].T, lm, 2)[:, 1] for j, lm in enumerate(meta["labels"])]
-        return np.stack(cols, axis=1)
-    return logistic_forward(stack_features(P), meta, P.shape[2])
+    return LEARNERS.get(task_type.stack_learner).apply(P, params["meta"])
 
 
 def regularisation(params: dict[str, Any]) -> Any:
