@@ -223,7 +223,7 @@ def worker(setup_path: Path, method: str, result_path: Path) -> None:
     from mtfuse.gradients import last_shared_weight, task_gradient_matrix, write_gradient
     from mtfuse.model import MultiTaskModel, load_encoder
     from mtfuse.tasks.types import TASK_TYPES
-    from mtfuse.train import build_optimizer, lr_lambda, shared_named_parameters
+    from mtfuse.training.setup import build_optimizer, lr_lambda, shared_named_parameters
     from mtfuse.weighting import WEIGHTINGS
 
     setup = torch.load(setup_path, weights_only=False)
@@ -525,7 +525,7 @@ def prepare(args: argparse.Namespace, model: str, device: str, path: Path) -> di
     from mtfuse.model import load_encoder
     from mtfuse.tasks.features import collate
     from mtfuse.tasks.prepare import prepare_tasks
-    from mtfuse.train import head_specs
+    from mtfuse.training.setup import head_specs
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     overrides = [

@@ -28,12 +28,12 @@ from mtfuse import rundir
 from mtfuse.checkpoint import fault_point
 from mtfuse.config import RunConfig, dump
 from mtfuse.errors import MtfuseError
-from mtfuse.evaluate import evaluate_tasks, with_average
 from mtfuse.model import MultiTaskModel, load_encoder
 from mtfuse.plan import check_data, check_encoder, make_plan
 from mtfuse.tasks.features import collate
 from mtfuse.tasks.prepare import prepare_tasks
-from mtfuse.training.finish import finish, save_model_atomic
+from mtfuse.training.evaluation import evaluate_and_log
+from mtfuse.training.finish import finish
 from mtfuse.training.log import RunLog
 from mtfuse.training.setup import (
     Schedule,
@@ -46,7 +46,7 @@ from mtfuse.training.setup import (
 )
 from mtfuse.training.signals import Interrupted, stop_on_signals
 from mtfuse.training.state import Resumable
-from mtfuse.training.steps import StepContext, backward_for, conflict_diagnostics, task_losses
+from mtfuse.training.steps import StepContext, backward_for, task_losses
 
 
 def train(
@@ -171,12 +171,7 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
                     n_examples, batches[name] = next_batch(name)
                     state.samples_seen += n_examples
                 losses = backward(ctx, batches, state.step, tr.grad_accum, micro == tr.grad_accum - 1)
-                for n, v in losses.items():
-                    value = v.item()
-                    run.running[n].append(value)
-                    acc_sum = state.epoch_losses.setdefault(n, [0.0, 0])
-                    acc_sum[0] += value
-                    acc_sum[1] += 1
+                run.add_losses(losses)
             # sharing regulariser (soft sharing's pull, adapter delta penalty): its gradient goes straight into
             # .grad, which works under DDP and after gradient-level methods alike
             ctx.core.add_extra_loss_grad(acc.scaler.get_scale() if acc.scaler is not None else 1.0)
@@ -203,37 +198,7 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
                     {k.split("/")[-1]: f"{v:.3f}" for k, v in rec.items() if k.startswith("loss/")}
                 )
             if state.step % sched.eval_every == 0 or state.step == sched.total:
-                metrics, outputs = evaluate_tasks(
-                    ctx.core, tasks, "dev", tr.eval_batch_size, acc.device, pad_id, acc.autocast
-                )
-                last_eval.update(step=state.step, metrics=metrics, outputs=outputs)
-                result = with_average(metrics)
-                if state.best_score is None or result["average"] > state.best_score:
-                    state.best_score, state.best_step, state.evals_since_best = (
-                        result["average"],
-                        state.step,
-                        0,
-                    )
-                    if tr.select == "best" and main:
-                        save_model_atomic(ctx.core, tokenizer, out / rundir.BEST_MODEL)
-                else:
-                    state.evals_since_best += 1
-                pat = tr.early_stopping_patience
-                state.stopped_early = pat is not None and state.evals_since_best >= pat
-                rec = {
-                    "step": state.step,
-                    "event": "eval",
-                    "average": result["average"],
-                    "metrics": result["tasks"],
-                    "task_weights": weighting.weights(),
-                    "sampling_probs": sampler.probs(state.step),
-                }
-                if tr.diagnostics and len(tasks) > 1 and main and ctx.shared:
-                    rec["gradient_cosine"] = conflict_diagnostics(ctx, tr.batch_size)
-                state.history.append({"step": state.step, "average": result["average"]})
-                log.eval_record(rec)
-                if main:
-                    bar.write(f"step {state.step}: dev average {result['average']:.2f}")
+                last_eval = evaluate_and_log(ctx, run, tr, out, tokenizer, log, bar)
             due = state.step % sched.checkpoint_every == 0 or state.step == sched.total or state.stopped_early
             if (
                 due

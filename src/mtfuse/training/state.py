@@ -54,6 +54,15 @@ class Resumable:
     loop: LoopState = field(default_factory=LoopState)
     running: dict[str, list[float]] = field(default_factory=dict)  # task losses since the last log record
 
+    def add_losses(self, losses: dict[str, torch.Tensor]) -> None:
+        """Keep a micro-batch's task losses for the next log record and the epoch averages."""
+        for n, v in losses.items():
+            value = v.item()
+            self.running[n].append(value)
+            acc_sum = self.loop.epoch_losses.setdefault(n, [0.0, 0])
+            acc_sum[0] += value
+            acc_sum[1] += 1
+
     def save(self, root: Path, keep: int) -> None:
         payload = {
             "scheduler": self.scheduler.state_dict(),
