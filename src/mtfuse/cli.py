@@ -91,6 +91,8 @@ def evaluate(
 
     result, out = evaluate_run(run_dir, split, overrides or [], output)
     console.print(metrics_table(f"{split} metrics ({run_dir})", result["tasks"], average=result["average"]))
+    counts = ", ".join(f"{n}: {k}" for n, k in result["examples"].items())
+    console.print(f"examples scored ({split}): {counts}")
     console.print(f"wrote {out}")
 
 
@@ -205,32 +207,57 @@ def data_check(
     overrides: list[str] = OVERRIDES,
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
-    """Read, check and tokenise every task's data; print sizes, labels and lengths per split."""
+    """Read, check and tokenise every task's data; print sizes, labels and lengths per split.
+
+    Labels seen in dev or test but not in train (which train and evaluate refuse) are a warning here, so
+    that the whole report can still be shown."""
     from mtfuse import config as config_mod
     from mtfuse.model import load_tokenizer
-    from mtfuse.tasks.prepare import describe_split, prepare_tasks
-    from mtfuse.tasks.readers import READERS
+    from mtfuse.tasks.prepare import describe_split, prepare_tasks, task_splits
 
     cfg = config_mod.load(config, overrides or [])
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     report: dict[str, Any] = {}
+    unseen: dict[str, dict[str, list[str]]] = {}
     for tc in cfg.tasks:
-        splits = READERS.get(tc.data.format).splits(tc.data)
+        splits = task_splits(tc)
         one = cfg.model_copy(update={"tasks": [tc]})
-        task = prepare_tasks(one, tokenizer, splits)[tc.name]
+        task = prepare_tasks(one, tokenizer, splits, unseen=unseen)[tc.name]
         report[tc.name] = {s: describe_split(task, s) for s in splits}
+        for s, labs in unseen.get(tc.name, {}).items():
+            report[tc.name][s]["unseen_in_train"] = labs
+    warnings = []
+    for tc in cfg.tasks:
+        for s, labs in unseen.get(tc.name, {}).items():
+            shown = ", ".join(labs[:10]) + (f", ... ({len(labs)} in all)" if len(labs) > 10 else "")
+            where = f"tasks.{tc.name}.labels" if tc.labels is not None else "train"
+            warnings.append(
+                f"warning: task '{tc.name}': {s} has {len(labs)} label(s) not in {where}: [{shown}]; train "
+                f"and evaluate refuse them (add them to tasks.{tc.name}.labels, or drop those rows)"
+            )
     if as_json:
         print(json.dumps(report, indent=1))
-        return
-    table = Table(title=f"data check ({config})")
-    for col in ("task", "split", "examples", "labels / range", "tokens mean", "p95", "max", "truncated"):
-        table.add_column(col)
+    else:
+        _data_check_tables(str(config), report, unseen)
+    for w in warnings:
+        err_console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True, emoji=False)
+
+
+def _data_check_tables(title: str, report: dict[str, Any], unseen: dict[str, Any]) -> None:
+    # One narrow table of sizes (fits 80 columns), then one table of label counts per task: label names can
+    # be long and many (BIO tags), so they get rows of their own instead of a squeezed cell.
+    table = Table(title=f"data check ({escape(title)})")
+    table.add_column("task", overflow="fold")
+    table.add_column("split")
+    for col in ("examples", "labels", "tokens mean", "p95", "max", "truncated"):
+        table.add_column(col, justify="right")
     for name, splits in report.items():
         for s, info in splits.items():
-            lab = info.get("labels") or info.get("range")
-            lab_s = ", ".join(f"{k}:{v}" for k, v in lab.items()) if isinstance(lab, dict) else str(lab)
-            if isinstance(lab, dict) and len(lab) > 6:
-                lab_s = f"{len(lab)} labels"
+            if "range" in info:
+                low, high = info["range"]
+                lab_s = f"{low:g} to {high:g}"
+            else:
+                lab_s = str(len(info.get("labels", {}))) if "labels" in info else ""
             table.add_row(
                 name,
                 s,
@@ -242,6 +269,22 @@ def data_check(
                 str(info["truncated"]),
             )
     console.print(table)
+    for name, splits in report.items():
+        counted = {s: info["labels"] for s, info in splits.items() if "labels" in info}
+        if not counted:
+            continue
+        train = set(counted.get("train", {}))
+        names = sorted({lab for labs in counted.values() for lab in labs})
+        labels = Table(
+            title=f"labels of task '{escape(name)}'" + (" (* = not in train)" if unseen.get(name) else "")
+        )
+        labels.add_column("label", overflow="fold")
+        for s in counted:
+            labels.add_column(s, justify="right")
+        for lab in names:
+            mark = "*" if train and lab not in train else ""
+            labels.add_row(mark + escape(lab), *(str(counted[s].get(lab, 0)) for s in counted))
+        console.print(labels)
 
 
 @app.command()

@@ -88,8 +88,16 @@ def check_fields(rows: list[dict], fields: list[str], source: str) -> None:
         raise DataError(f"{source}: the split is empty")
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def texts_of(rows: list[dict], fields: list[str], token_level: bool) -> list[Any]:
-    """Texts as tuples (one string per field), or token lists for token-level tasks."""
+    """Texts as tuples (one string per field), or token lists for token-level tasks.
+
+    A text is a string (a number is taken as its digits); anything else (a list, a mapping: parquet, jsonl
+    and Hugging Face columns may hold them) is an error naming the row and field, never its printed form."""
     out: list[Any] = []
     for row in rows:
         vals = []
@@ -99,9 +107,17 @@ def texts_of(rows: list[dict], fields: list[str], token_level: bool) -> list[Any
                 v = v.split() if isinstance(v, str) else v
                 if not isinstance(v, (list, tuple)) or not all(isinstance(t, str) for t in v):
                     raise DataError(f"{row['_where']} (field '{f}'): expected a list of tokens")
-            elif v is None:
+                vals.append(list(v))
+                continue
+            if v is None:
                 raise DataError(f"{row['_where']} (field '{f}'): empty text")
-            vals.append(list(v) if token_level else str(v))
+            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                kind = "a list" if isinstance(v, (list, tuple)) else f"a {type(v).__name__}"
+                raise DataError(
+                    f"{row['_where']} (field '{f}'): expected text (a string), got {kind} {_shown(v)}; "
+                    f"join it into one string first (a list of words is the input of a token task)"
+                )
+            vals.append(str(v))
         out.append(vals[0] if token_level else tuple(vals))
     return out
 
@@ -129,7 +145,8 @@ class Tokenizing:
 
     def _key(self, texts: list[Any], token_level: bool, max_length: int) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps([self._tok_hash, token_level, max_length, 1]).encode())
+        # version 2 of token-level encodings: words without sub-words are the unknown token (were dropped)
+        h.update(json.dumps([self._tok_hash, token_level, max_length, 2 if token_level else 1]).encode())
         for t in texts:
             h.update(json.dumps(t, ensure_ascii=False).encode())
             h.update(b"\x00")
@@ -137,20 +154,53 @@ class Tokenizing:
 
     def _tokenize(self, texts: list[Any], token_level: bool, max_length: int) -> Encoded:
         if token_level:
-            out = self.tok(texts, is_split_into_words=True, truncation=True, max_length=max_length)
-            word_ids = [
-                np.array([-1 if w is None else w for w in out.word_ids(i)], dtype=np.int64)
-                for i in range(len(texts))
-            ]
-            n_words = [len(t) for t in texts]
-        else:
-            cols = list(zip(*texts, strict=True))
-            second = list(cols[1]) if len(cols) > 1 else None
-            out = self.tok(list(cols[0]), second, truncation=True, max_length=max_length)
-            word_ids, n_words = None, None
+            return self._tokenize_words(texts, max_length)
+        cols = list(zip(*texts, strict=True))
+        second = list(cols[1]) if len(cols) > 1 else None
+        out = self.tok(list(cols[0]), second, truncation=True, max_length=max_length)
         ids = [np.array(x, dtype=np.int64) for x in out["input_ids"]]
         tt = [np.array(x, dtype=np.int64) for x in out["token_type_ids"]] if "token_type_ids" in out else None
-        return Encoded(ids, tt, None, word_ids, n_words)
+        return Encoded(ids, tt, None, None, None)
+
+    def _tokenize_words(self, texts: list[list[str]], max_length: int) -> Encoded:
+        """Words to sub-words. A word the tokenizer turns into nothing (a lone control or zero-width
+        character such as U+200B) is given the unknown token instead, so that it keeps its slot: had it no
+        sub-word, every later word's prediction would move one word back and be scored against the wrong tag."""
+        ids, tt, word_ids = self._words_to_ids(texts, max_length)
+        fixed: dict[int, list[str]] = {}
+        for i, t in enumerate(texts):
+            seen = set(word_ids[i][word_ids[i] >= 0].tolist())
+            if len(seen) == len(t):
+                continue
+            # Words past the last one seen may just be cut by max_length; words before it are empty.
+            cut = len(ids[i]) >= max_length
+            upto = max(seen, default=-1) if cut else len(t)
+            empty = {w for w in range(upto) if w not in seen}
+            if empty:
+                fixed[i] = [self._unk if w in empty else word for w, word in enumerate(t)]
+        if fixed:
+            again = self._words_to_ids(list(fixed.values()), max_length)
+            for j, i in enumerate(fixed):
+                ids[i], word_ids[i] = again[0][j], again[2][j]
+                if tt is not None and again[1] is not None:
+                    tt[i] = again[1][j]
+        return Encoded(ids, tt, None, word_ids, [len(t) for t in texts])
+
+    @property
+    def _unk(self) -> str:
+        return self.tok.unk_token or "?"
+
+    def _words_to_ids(
+        self, texts: list[list[str]], max_length: int
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[np.ndarray]]:
+        out = self.tok(texts, is_split_into_words=True, truncation=True, max_length=max_length)
+        word_ids = [
+            np.array([-1 if w is None else w for w in out.word_ids(i)], dtype=np.int64)
+            for i in range(len(texts))
+        ]
+        ids = [np.array(x, dtype=np.int64) for x in out["input_ids"]]
+        tt = [np.array(x, dtype=np.int64) for x in out["token_type_ids"]] if "token_type_ids" in out else None
+        return ids, tt, word_ids
 
     # -- cache: concatenated arrays + offsets in one .npz, written atomically ---------------------------
     def _path(self, key: str) -> Path | None:

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from mtfuse.config import RunConfig
-from mtfuse.errors import DataError
+from mtfuse.config import RunConfig, TaskConfig
+from mtfuse.errors import ConfigError, DataError
 from mtfuse.tasks.features import Encoded, TaskData, Tokenizing, check_fields, encode_rows, resolve_fields
-from mtfuse.tasks.readers import READERS
+from mtfuse.tasks.readers import READERS, apply_label_map, carve_dev, label_map
 from mtfuse.tasks.types import TASK_TYPES
 
 
@@ -32,13 +32,53 @@ def subset_rows(rows: list[dict], n: int | None, seed: int, task: str, split: st
     return [rows[i] for i in keep]
 
 
+def task_splits(tc: TaskConfig) -> list[str]:
+    """The splits a task's data provides, with the dev split ``data.dev_from_train`` carves out of train."""
+    available = READERS.get(tc.data.format).splits(tc.data)
+    if tc.data.dev_from_train is None:
+        return available
+    if "dev" in available:
+        raise ConfigError(
+            f"tasks.{tc.name}.data.dev_from_train: the data already has a dev split; drop dev_from_train "
+            f"(or the dev file) so that dev is one or the other"
+        )
+    if "train" not in available:
+        raise DataError(f"task '{tc.name}': dev_from_train needs a train split; available: {available}")
+    return [s for s in ("train", "dev", "test") if s in ("train", "dev") or s in available]
+
+
+def _stratify_field(tc: TaskConfig, label_field: str) -> str | None:
+    if tc.data.stratify:
+        return tc.data.stratify
+    ttype = TASK_TYPES.get(tc.type)
+    return label_field if ttype.has_vocab and not ttype.token_level else None
+
+
 def read_task_rows(cfg: RunConfig, task_name: str, split: str) -> list[dict]:
+    """One split of a task as rows: read by its reader, label ids mapped to names (``data.label_map``), and
+    dev / train carved out of the file's train when ``data.dev_from_train`` says so (the same rows every
+    time: seeded, stratified by the label for tasks with classes)."""
     t = next(t for t in cfg.tasks if t.name == task_name)
     reader = READERS.get(t.data.format)
-    available = reader.splits(t.data)
+    available = task_splits(t)
     if split not in available:
         raise DataError(f"task '{t.name}': split '{split}' not found; available: {available}")
-    return reader.read(t.data, split)
+    carved = t.data.dev_from_train is not None and split in ("train", "dev")
+    rows = reader.read(t.data, "train" if carved else split)
+    label_field = resolve_fields(t, reader.defaults(t.data))[1]
+    mapping = label_map(t.data)
+    if mapping is not None:
+        ttype = TASK_TYPES.get(t.type)
+        rows = apply_label_map(rows, label_field, mapping, t.data.label_map, many=ttype.token_level)
+    if carved:
+        fraction = t.data.dev_from_train
+        assert fraction is not None
+        stratify = _stratify_field(t, label_field)
+        if stratify:
+            check_fields(rows, [stratify], f"task '{t.name}' split 'train'")
+        dev = set(carve_dev(rows, fraction, t.data.dev_seed, stratify, f"task '{t.name}'"))
+        rows = [r for i, r in enumerate(rows) if (i in dev) == (split == "dev")]
+    return rows
 
 
 def prepare_tasks(
@@ -46,12 +86,15 @@ def prepare_tasks(
     tokenizer: Any,
     splits: list[str],
     vocabs: dict[str, list[str] | None] | None = None,
+    unseen: dict[str, dict[str, list[str]]] | None = None,
 ) -> dict[str, TaskData]:
     """Build every task's TaskData with the requested splits tokenised.
 
     Label vocabularies come from ``vocabs`` (a trained model's heads) when given, else from the full train split,
     so a subset never drops a label. Subsets apply to 'train' (``subset.train``) and other splits
-    (``subset.eval``).
+    (``subset.eval``). A label outside the vocabulary is an error, unless ``unseen`` is given (``mtfuse data
+    check``): then it is collected there (task -> split -> sorted labels, over the full splits) and appended
+    to the vocabulary, so that the check can go on and show it.
     """
     tokenizing = Tokenizing(tokenizer, cache_dir(cfg))
     out: dict[str, TaskData] = {}
@@ -72,6 +115,11 @@ def prepare_tasks(
             raise DataError(
                 f"task '{tc.name}': only one label ({labels}) in train; a classifier needs two or more"
             )
+        if unseen is not None and ttype.has_vocab and labels is not None:
+            found = _labels_outside(ttype, rows_by_split, label_field, labels)
+            if found:
+                unseen[tc.name] = found
+                labels = [*labels, *sorted({lab for labs in found.values() for lab in labs} - set(labels))]
         task = TaskData(tc, ttype, text_fields, label_field, labels)
         for split, rows in rows_by_split.items():
             n = cfg.subset.train if split == "train" else cfg.subset.eval
@@ -80,6 +128,22 @@ def prepare_tasks(
             task.splits[split] = enc
             task.gold[split] = gold or []
         out[tc.name] = task
+    return out
+
+
+def _labels_outside(
+    ttype: Any, rows_by_split: dict[str, list[dict]], field: str, vocab: list[str]
+) -> dict[str, list[str]]:
+    """split -> the labels its rows carry that ``vocab`` lacks (rows without the field are skipped: the
+    field checks report them)."""
+    known, out = set(vocab), {}
+    for split, rows in rows_by_split.items():
+        seen: set[str] = set()
+        for row in rows:
+            if row.get(field) is not None:
+                seen.update(ttype.raw_labels(row[field], row["_where"], field))
+        if seen - known:
+            out[split] = sorted(seen - known)
     return out
 
 

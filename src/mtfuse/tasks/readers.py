@@ -6,14 +6,23 @@ One reader instance is registered per ``data.format`` in :data:`READERS`:
   STS-B); rows get canonical fields (``sentence`` or ``sentence1``/``sentence2``, and ``label``), labels stay
   strings as in the file.
 * ``conll``: CoNLL-2003 style token-per-line files; rows are ``{"tokens": [...], "tags": [...]}``.
-* ``csv``, ``tsv``, ``jsonl``, ``parquet``: generic files; rows keep the file's column names.
+* ``csv``, ``tsv``, ``jsonl``, ``parquet``: generic files; rows keep the file's column names (csv / tsv
+  without a header row: ``header: false`` and ``columns``; ``delimiter``, ``quoting``, ``encoding``).
+* ``lines``: one example a line: the line is the field ``text``, or ``pattern`` (a regular expression with
+  named groups) splits it into fields (``LABEL text`` lines), or ``field_files`` gives one file per field,
+  aligned line by line (text and labels in separate files).
 * ``hf``: a Hugging Face ``datasets`` dataset (hub name, ``save_to_disk`` directory or local data directory).
 
 Every row also carries ``"_where"``, a location such as ``glue/RTE/dev.tsv:17`` (1-based line in the file, a
 header counting as line 1) that later code quotes in its error messages. Readers only parse: they do not
 validate labels or check that a task's text fields exist (except where a format fixes its own columns).
 Every problem with the input is raised as :class:`~mtfuse.errors.DataError` (or ``ConfigError`` for a bad
-config value) naming the file and line.
+config value) naming the file and line. Only regular files are read (a FIFO or a device would block or never
+end). When ``data.files`` is given it lists every split: default file names are then not looked for.
+
+Label ids -> names (``data.label_map``) and a dev split carved out of train (``data.dev_from_train``) need the
+task's label field, so :mod:`mtfuse.tasks.prepare` applies them (with :func:`label_map` and
+:func:`carve_dev` from here).
 """
 
 from __future__ import annotations
@@ -22,17 +31,23 @@ import codecs
 import csv
 import io
 import json
+import re
+import stat
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mtfuse.config import DataConfig
 from mtfuse.errors import ConfigError, DataError, where
 from mtfuse.registry import Registry
 
 SPLITS = ("train", "dev", "test")
+BOM = "\ufeff"
 
 Row = dict[str, Any]
 
@@ -66,43 +81,79 @@ def read_split(data: DataConfig, split: str) -> list[Row]:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _read_text(path: Path) -> str:
-    """The whole file, strictly UTF-8 decoded, without a leading byte-order mark."""
+def _regular_file(path: Path) -> Path:
+    """``path`` if it is a regular file (or a link to one); anything else is refused before it is opened."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"file not found: {path}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(mode)
+            else "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a plain file"
+        )
+        raise DataError(f"{path}: is {kind}, not a regular file; data must be read from regular files")
+    return path
+
+
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The whole file, strictly decoded (default UTF-8), without a leading UTF-8 byte-order mark."""
+    _regular_file(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"file not found: {path}") from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    utf8 = codecs.lookup(encoding).name == "utf-8"
     # Drop the BOM by hand (rather than decoding 'utf-8-sig') so error offsets stay those of the raw bytes.
-    if raw.startswith(codecs.BOM_UTF8):
+    if utf8 and raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8) :]
     try:
-        return raw.decode("utf-8")
+        return raw.decode(encoding)
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
+        line = raw[: e.start].decode(encoding, errors="replace").count("\n") + 1
+        name = "UTF-8" if utf8 else encoding
         raise DataError(
-            f"{where(path, line)}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8"
+            f"{where(path, line)}: not valid {name} (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8 "
+            f"or set data.encoding (for example iso-8859-1)"
         ) from None
 
 
-def _lines(path: Path) -> list[tuple[int, str]]:
+def _blank(line: str) -> bool:
+    """Nothing but white space (and byte-order marks, as where files were concatenated)."""
+    return not line.replace(BOM, "").strip()
+
+
+def _split_lines(text: str) -> list[str]:
+    """Every line, line endings removed. Splits on "\\n" only: str.splitlines() also breaks on \\x0b,
+    \\x1c, \\u2028..., which may occur inside text."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _lines(path: Path, encoding: str = "utf-8") -> list[tuple[int, str]]:
     """``(line number, text)`` of every non-blank line, line endings removed."""
-    text = _read_text(path)
-    # Split on "\n" only: str.splitlines() also breaks on \x0b, \x1c, \u2028..., which may occur inside text.
-    out = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if line.strip():
-            out.append((number, line))
-    return out
+    lines = _split_lines(_read_text(path, encoding))
+    return [(number, line) for number, line in enumerate(lines, start=1) if not _blank(line)]
 
 
-def _check_field_count(cells: list[str], low: int, high: int, path: Path, line: int) -> None:
-    if low <= len(cells) <= high:
+def _check_field_count(cells: list[str], allowed: tuple[int, ...], path: Path, line: int) -> None:
+    if len(cells) in allowed:
         return
-    expected = str(low) if low == high else f"{low} to {high}"
-    raise DataError(f"{where(path, line)}: row has {len(cells)} tab-separated fields, expected {expected}")
+    expected = " or ".join(map(str, allowed))
+    hint = " (a tab inside a text field?)" if len(cells) > min(allowed) else ""
+    raise DataError(
+        f"{where(path, line)}: row has {len(cells)} tab-separated fields, expected {expected}{hint}"
+    )
 
 
 def _resolve(data: DataConfig, file: str) -> Path:
@@ -114,7 +165,8 @@ def _resolve(data: DataConfig, file: str) -> Path:
 
 
 def _split_files(data: DataConfig, defaults: dict[str, tuple[str, ...]]) -> dict[str, Path]:
-    """split -> file: default file names found in ``data.path``, overridden by ``data.files``."""
+    """split -> file: ``data.files`` when given (all of it: a partial map is not completed with default
+    names, which could pick up a file nobody meant), else the default file names found in ``data.path``."""
     unknown = [k for k in data.files if k not in SPLITS]
     if unknown:
         raise ConfigError(
@@ -122,22 +174,27 @@ def _split_files(data: DataConfig, defaults: dict[str, tuple[str, ...]]) -> dict
             f"(for example dev: valid.txt)"
         )
     found: dict[str, Path] = {}
-    if data.path is not None:
+    if data.path is not None and not data.files:
         folder = Path(data.path)
         if not folder.is_dir():
             raise DataError(f"data directory not found: {folder}")
         for split, names in defaults.items():
-            existing = [folder / n for n in names if (folder / n).is_file()]
+            existing = [folder / n for n in names if (folder / n).exists()]  # a FIFO is refused later
             if existing:
                 found[split] = existing[0]
+    elif data.path is not None and not Path(data.path).is_dir():
+        raise DataError(f"data directory not found: {data.path}")
     for split, file in data.files.items():
         found[split] = _resolve(data, file)
     return {s: found[s] for s in SPLITS if s in found}
 
 
-def _split_file(files: dict[str, Path], split: str, what: str) -> Path:
+def _split_file(files: dict[str, Any], split: str, what: str, data: DataConfig | None = None) -> Any:
     if split not in files:
-        raise DataError(f"split '{split}' not found for {what}; available: {list(files)}")
+        hint = ""
+        if data is not None and data.files:
+            hint = " (data.files lists every split; default file names are not looked for when it is given)"
+        raise DataError(f"split '{split}' not found for {what}; available: {list(files)}{hint}")
     return files[split]
 
 
@@ -156,7 +213,7 @@ class _GlueTask:
     files: dict[str, str]
     columns: dict[str, str | int]
     header: bool = True
-    fields: tuple[int, int] = (0, 0)  # (min, max) tab-separated fields per row when there is no header
+    fields: tuple[int, ...] = ()  # the tab-separated field counts a row may have when there is no header
 
     @property
     def text_fields(self) -> list[str]:
@@ -167,14 +224,15 @@ _TSV_FILES = {"train": "train.tsv", "dev": "dev.tsv"}
 _PAIR = {"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"}
 
 GLUE_TASKS = {
-    "cola": _GlueTask("CoLA", _TSV_FILES, {"sentence": 3, "label": 1}, header=False, fields=(4, 4)),
+    "cola": _GlueTask("CoLA", _TSV_FILES, {"sentence": 3, "label": 1}, header=False, fields=(4,)),
     "sst2": _GlueTask("SST-2", _TSV_FILES, {"sentence": "sentence", "label": "label"}),
     "mrpc": _GlueTask(
         "MRPC", _TSV_FILES, {"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"}
     ),
     "rte": _GlueTask("RTE", _TSV_FILES, _PAIR),
     "wnli": _GlueTask("WNLI", _TSV_FILES, _PAIR),
-    # STS-B keeps the original STS Benchmark files; some rows carry 2 trailing source columns, ignored.
+    # STS-B keeps the original STS Benchmark files; some rows carry 2 trailing source columns, ignored. A row
+    # of 8 (or 10 or more) fields has a tab inside a sentence: an error, not a silently shifted sentence.
     "stsb": _GlueTask(
         "STS-B",
         {"train": "sts-train.csv", "dev": "sts-dev.csv", "test": "sts-test.csv"},
@@ -210,24 +268,24 @@ def _header_columns(header: list[str], wanted: dict[str, str | int], path: Path,
     return index
 
 
-def _read_glue_file(path: Path, task: _GlueTask) -> list[Row]:
+def _read_glue_file(path: Path, task: _GlueTask, encoding: str = "utf-8") -> list[Row]:
     # GLUE files hold quote characters that are not CSV quoting, so lines are split on tabs by hand.
-    lines = _lines(path)
+    lines = _lines(path, encoding)
     if task.header:
         if not lines:
             raise _no_rows(path)
         header_line, header_text = lines[0]
         header = header_text.split("\t")
         columns = _header_columns(header, task.columns, path, header_line)
-        low = high = len(header)
+        allowed: tuple[int, ...] = (len(header),)
         lines = lines[1:]
     else:
         columns = {f: int(c) for f, c in task.columns.items()}
-        low, high = task.fields
+        allowed = task.fields
     rows = []
     for number, line in lines:
         cells = line.split("\t")
-        _check_field_count(cells, low, high, path, number)
+        _check_field_count(cells, allowed, path, number)
         row: Row = {field: cells[i] for field, i in columns.items()}
         row["_where"] = f"{path}:{number}"
         rows.append(row)
@@ -256,8 +314,8 @@ class GlueReader(Reader):
         return glue_task(data).text_fields, "label"
 
     def read(self, data: DataConfig, split: str) -> list[Row]:
-        path = _split_file(self._files(data), split, f"task dir {data.path}")
-        return _read_glue_file(path, glue_task(data))
+        path = _split_file(self._files(data), split, f"task dir {data.path}", data)
+        return _read_glue_file(path, glue_task(data), data.encoding)
 
 
 READERS.register("glue")(GlueReader())
@@ -266,12 +324,13 @@ READERS.register("glue")(GlueReader())
 # ----------------------------------------------------------------------------------------------- CoNLL
 
 
-def _read_conll_file(path: Path) -> list[Row]:
+def _read_conll_file(path: Path, encoding: str = "utf-8") -> list[Row]:
     """Sentences of a CoNLL file: one token a line, blank lines (and ``-DOCSTART-`` lines) between sentences.
 
     Column rule: every token line must have as many whitespace-separated columns as the file's first token
     line, and at least 2 (CoNLL-2003 has 4: token POS chunk NER). The token is the first column, the tag
-    the last one.
+    the last one. A line holding only a byte-order mark (files concatenated) is skipped, and one at the
+    start of a line is dropped.
     """
     width = 0
     rows: list[Row] = []
@@ -285,8 +344,12 @@ def _read_conll_file(path: Path) -> list[Row]:
             tokens.clear()
             tags.clear()
 
-    text = _read_text(path)
+    text = _read_text(path, encoding)
     for number, line in enumerate(text.split("\n"), start=1):
+        if BOM in line:
+            if _blank(line):
+                continue  # not a sentence boundary either: as if the line were not there
+            line = line.lstrip(BOM)
         cells = line.split()
         if not cells or cells[0] == "-DOCSTART-":
             flush()
@@ -331,7 +394,7 @@ class ConllReader(Reader):
 
     def read(self, data: DataConfig, split: str) -> list[Row]:
         what = f"task dir {data.path}" if data.path else "data.files"
-        return _read_conll_file(_split_file(self._files(data), split, what))
+        return _read_conll_file(_split_file(self._files(data), split, what, data), data.encoding)
 
 
 READERS.register("conll")(ConllReader())
@@ -340,23 +403,40 @@ READERS.register("conll")(ConllReader())
 # ------------------------------------------------------------------------- csv / tsv / jsonl / parquet
 
 
-def _table_rows(path: Path, records: list[tuple[int, list[str]]]) -> list[Row]:
-    """Rows of a header-first table given ``(line number, cells)`` records."""
+def _table_rows(path: Path, records: list[tuple[int, list[str]]], data: DataConfig, sep: str) -> list[Row]:
+    """Rows of a table given ``(line number, cells)`` records: header-first, or named by ``data.columns``."""
     if not records:
         raise _no_rows(path)
-    header_line, header = records[0]
-    duplicated = sorted({c for c in header if header.count(c) > 1})
-    if duplicated:
-        raise DataError(f"{where(path, header_line)}: duplicate column names {duplicated} in the header")
-    rows = []
-    for number, cells in records[1:]:
-        if len(cells) != len(header):
-            few = "few" if len(cells) < len(header) else "many"
+    tab = " (a tab inside a text field?)" if sep == "\t" and not _quoting(data, "tsv") else ""
+    if data.header:
+        header_line, header = records[0]
+        records = records[1:]
+        duplicated = sorted({c for c in header if header.count(c) > 1})
+        if duplicated:
+            raise DataError(f"{where(path, header_line)}: duplicate column names {duplicated} in the header")
+        names = {c: i for i, c in enumerate(header)}
+        width, what = len(header), f"the header's {len(header)} columns {header}"
+    elif isinstance(data.columns, dict):
+        names = dict(data.columns)
+        width, what = len(records[0][1]), f"the {len(records[0][1])} fields of the file's first row"
+        need = max(names.values()) + 1
+        if width < need:
+            field = max(names, key=names.__getitem__)
             raise DataError(
-                f"{where(path, number)}: too {few} fields ({len(cells)}) for the header's {len(header)} "
-                f"columns {header}"
+                f"{where(path, records[0][0])}: {width} fields, but data.columns puts '{field}' at index "
+                f"{names[field]} (0-based)"
             )
-        row: Row = dict(zip(header, cells, strict=True))
+    else:
+        cols = list(data.columns) if data.columns else [str(i) for i in range(len(records[0][1]))]
+        names = {c: i for i, c in enumerate(cols)}
+        width = len(cols)
+        what = f"data.columns {cols}" if data.columns else f"the {width} fields of the file's first row"
+    rows = []
+    for number, cells in records:
+        if len(cells) != width:
+            few, hint = ("few", "") if len(cells) < width else ("many", tab)
+            raise DataError(f"{where(path, number)}: too {few} fields ({len(cells)}) for {what}{hint}")
+        row: Row = {name: cells[i] for name, i in names.items()}
         row["_where"] = f"{path}:{number}"
         rows.append(row)
     if not rows:
@@ -364,8 +444,19 @@ def _table_rows(path: Path, records: list[tuple[int, list[str]]]) -> list[Row]:
     return rows
 
 
-def _read_csv(path: Path) -> list[Row]:
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+def _quoting(data: DataConfig, fmt: str) -> bool:
+    return data.quoting if data.quoting is not None else fmt == "csv"
+
+
+def _read_table(path: Path, data: DataConfig, fmt: str) -> list[Row]:
+    """A csv / tsv file. With quoting on (csv's default), fields may be "quoted" and span lines; with it off
+    (tsv's default, as in GLUE), quote characters are ordinary text and every line is one row."""
+    sep = data.delimiter or ("\t" if fmt == "tsv" else ",")
+    text = _read_text(path, data.encoding)
+    if not _quoting(data, fmt):
+        records = [(n, line.split(sep)) for n, line in enumerate(_split_lines(text), 1) if not _blank(line)]
+        return _table_rows(path, records, data, sep)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
     records = []
     try:
         while True:
@@ -374,23 +465,26 @@ def _read_csv(path: Path) -> list[Row]:
                 cells = next(reader)
             except StopIteration:
                 break
-            if cells and any(c.strip() for c in cells):
+            if cells and any(not _blank(c) for c in cells):
                 records.append((start, cells))
     except csv.Error as e:
-        raise DataError(f"{where(path, reader.line_num)}: malformed CSV: {e}") from None
-    return _table_rows(path, records)
+        raise DataError(f"{where(path, reader.line_num)}: malformed {fmt.upper()}: {e}") from None
+    return _table_rows(path, records, data, sep)
 
 
-def _read_tsv(path: Path) -> list[Row]:
-    # Tab-separated, no quoting at all (quote characters are ordinary text, as in GLUE).
-    return _table_rows(path, [(number, line.split("\t")) for number, line in _lines(path)])
+def _read_csv(path: Path, data: DataConfig) -> list[Row]:
+    return _read_table(path, data, "csv")
 
 
-def _read_jsonl(path: Path) -> list[Row]:
+def _read_tsv(path: Path, data: DataConfig) -> list[Row]:
+    return _read_table(path, data, "tsv")
+
+
+def _read_jsonl(path: Path, data: DataConfig) -> list[Row]:
     rows = []
-    for number, line in _lines(path):
+    for number, line in _lines(path, data.encoding):
         try:
-            obj = json.loads(line)
+            obj = json.loads(line.lstrip(BOM))
         except json.JSONDecodeError as e:
             raise DataError(f"{where(path, number)}: invalid JSON: {e.msg} (column {e.colno})") from None
         if not isinstance(obj, dict):
@@ -402,13 +496,12 @@ def _read_jsonl(path: Path) -> list[Row]:
     return rows
 
 
-def _read_parquet(path: Path) -> list[Row]:
+def _read_parquet(path: Path, data: DataConfig) -> list[Row]:
     """Parquet rows; ``_where`` is ``path:N`` with N the 1-based row number (there are no lines)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
+    _regular_file(path)
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
@@ -425,7 +518,7 @@ class FileReader(Reader):
     """One file per split: ``data.files`` (split -> path, relative to ``data.path`` when set), or
     ``train.EXT`` / ``dev.EXT`` / ``test.EXT`` found in ``data.path``. Rows keep the file's column names."""
 
-    def __init__(self, format: str, parse: Callable[[Path], list[Row]]) -> None:
+    def __init__(self, format: str, parse: Callable[[Path, DataConfig], list[Row]]) -> None:
         self.format = format
         self.parse = parse
 
@@ -444,13 +537,138 @@ class FileReader(Reader):
 
     def read(self, data: DataConfig, split: str) -> list[Row]:
         what = f"format '{self.format}' (data.files / data.path)"
-        return self.parse(_split_file(self._files(data), split, what))
+        return self.parse(_split_file(self._files(data), split, what, data), data)
 
 
 READERS.register("csv")(FileReader("csv", _read_csv))
 READERS.register("tsv")(FileReader("tsv", _read_tsv))
 READERS.register("jsonl")(FileReader("jsonl", _read_jsonl))
 READERS.register("parquet")(FileReader("parquet", _read_parquet))
+
+
+# ----------------------------------------------------------------------------------------------- lines
+
+
+def _pattern_rows(path: Path, data: DataConfig) -> list[Row]:
+    """Each non-blank line is one example: the field ``text``, or the named groups of ``data.pattern``."""
+    regex = re.compile(data.pattern) if data.pattern else None
+    rows = []
+    for number, line in _lines(path, data.encoding):
+        line = line.lstrip(BOM)
+        if regex is None:
+            row: Row = {"text": line}
+        else:
+            m = regex.match(line)
+            if m is None:
+                shown = line if len(line) <= 60 else line[:57] + "..."
+                raise DataError(
+                    f"{where(path, number)}: line {shown!r} does not match data.pattern {data.pattern!r}"
+                )
+            row = dict(m.groupdict())
+        row["_where"] = f"{path}:{number}"
+        rows.append(row)
+    if not rows:
+        raise _no_rows(path)
+    return rows
+
+
+def _aligned_rows(files: dict[str, Path], encoding: str) -> list[Row]:
+    """One example a line across several files (one a field): line i of every file is example i."""
+    texts = {}
+    for field, path in files.items():
+        lines = _split_lines(_read_text(path, encoding))
+        if lines and lines[-1] == "":
+            lines.pop()  # the newline that ends the last line
+        texts[field] = lines
+    (first, first_path), counts = next(iter(files.items())), {f: len(v) for f, v in texts.items()}
+    for field, n in counts.items():
+        if n != counts[first]:
+            raise DataError(
+                f"{files[field]}: {n} lines, but {first_path} has {counts[first]}; the files of "
+                f"data.field_files must be aligned line by line (one example a line in each)"
+            )
+    rows = []
+    for i in range(counts[first]):
+        values = {f: texts[f][i].lstrip(BOM) for f in files}
+        blank = [f for f, v in values.items() if _blank(v)]
+        if len(blank) == len(values):
+            continue
+        if blank:
+            full = next(f for f in values if f not in blank)
+            raise DataError(
+                f"{where(files[blank[0]], i + 1)}: blank line, but line {i + 1} of {files[full]} is not "
+                f"(one example a line in every file of data.field_files)"
+            )
+        rows.append({**values, "_where": f"{first_path}:{i + 1}"})
+    if not rows:
+        raise _no_rows(first_path)
+    return rows
+
+
+class LinesReader(Reader):
+    """One example a line. ``data.files`` (or train.txt / dev.txt / test.txt in ``data.path``) with each line
+    the field ``text`` or split by ``data.pattern`` into its named groups; or ``data.field_files``: one file
+    per field, ``{split}`` in each name (mapped by ``data.splits``, e.g. dev: valid), aligned line by line."""
+
+    format = "lines"
+
+    def _files(self, data: DataConfig) -> dict[str, dict[str, Path]]:
+        """split -> field -> file (the field ``""`` = the whole line, split by the pattern if any)."""
+        if not data.field_files:
+            files = _split_files(data, {s: (f"{s}.txt",) for s in SPLITS})
+            if not files:
+                raise ConfigError(
+                    "format 'lines' needs data.files (split -> file), data.path with train.txt / dev.txt / "
+                    "test.txt, or data.field_files (field -> file name with {split})"
+                )
+            return {s: {"": p} for s, p in files.items()}
+        unknown = [k for k in data.splits if k not in SPLITS]
+        if unknown:
+            raise ConfigError(f"data.splits key '{unknown[0]}' is not a split; use {', '.join(SPLITS)}")
+        if data.path is not None and not Path(data.path).is_dir():
+            raise DataError(f"data directory not found: {data.path}")
+        out: dict[str, dict[str, Path]] = {}
+        for split in SPLITS:
+            name = data.splits.get(split, split)
+            paths = {f: _resolve(data, t.replace("{split}", name)) for f, t in data.field_files.items()}
+            present = [f for f, p in paths.items() if p.exists()]
+            if present and len(present) < len(paths):
+                lost = next(f for f in paths if f not in present)
+                raise DataError(
+                    f"file not found: {paths[lost]} (field '{lost}' of split '{split}'), but "
+                    f"{paths[present[0]]} is there"
+                )
+            if present:
+                out[split] = paths
+        if not out:
+            shown = ", ".join(
+                t.replace("{split}", data.splits.get("train", "train")) for t in data.field_files.values()
+            )
+            raise DataError(f"no data.field_files found ({shown}, ... in {data.path or '.'})")
+        return out
+
+    def splits(self, data: DataConfig) -> list[str]:
+        return list(self._files(data))
+
+    def defaults(self, data: DataConfig) -> tuple[list[str] | None, str | None]:
+        if data.field_files:
+            fields = list(data.field_files)
+        elif data.pattern:
+            fields = list(re.compile(data.pattern).groupindex)
+        else:
+            fields = ["text"]
+        text = next((f for f in ("text", "tokens", "sentence") if f in fields), None)
+        label = next((f for f in ("label", "tags") if f in fields), None)
+        return ([text] if text else None), label
+
+    def read(self, data: DataConfig, split: str) -> list[Row]:
+        files = _split_file(self._files(data), split, "format 'lines'", data)
+        if "" in files:
+            return _pattern_rows(files[""], data)
+        return _aligned_rows(files, data.encoding)
+
+
+READERS.register("lines")(LinesReader())
 
 
 # ----------------------------------------------------------------------------------- Hugging Face hub
@@ -530,3 +748,134 @@ class HfReader(Reader):
 
 
 READERS.register("hf")(HfReader())
+
+
+# ------------------------------------------------------------------ label ids -> names, dev from train
+
+
+def _label_map_file(path: Path, data: DataConfig) -> dict[str, str]:
+    if path.suffix.lower() == ".json":
+        try:
+            obj = json.loads(_read_text(path, data.encoding))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where(path, e.lineno)}: invalid JSON: {e.msg}") from None
+        if isinstance(obj, list):
+            obj = {str(data.label_map_start + i): v for i, v in enumerate(obj)}
+        if not isinstance(obj, dict) or not all(isinstance(v, (str, int)) for v in obj.values()):
+            raise DataError(f"{path}: a JSON label map is an object {{id: name}} or a list of names")
+        return {str(k): str(v) for k, v in obj.items()}
+    lines = [(n, line.strip()) for n, line in _lines(path, data.encoding)]
+    if not lines:
+        raise DataError(f"{path}: the label map is empty")
+    pairs = [line.split(None, 1) for _, line in lines]
+    with_id = [len(p) == 2 and _is_int(p[0]) for p in pairs]
+    if not any(with_id):  # one name a line
+        out: dict[str, str] = {}
+        for i, (_, name) in enumerate(lines):
+            out[str(data.label_map_start + i)] = name.lstrip(BOM)
+        return _unique_names(out, path)
+    out = {}
+    for (number, _), p, ok in zip(lines, pairs, with_id, strict=True):
+        if not ok:
+            raise DataError(
+                f"{where(path, number)}: expected 'ID NAME' (as the other lines of the label map)"
+            )
+        key = str(int(p[0]))
+        if key in out:
+            raise DataError(f"{where(path, number)}: label id {key} given twice")
+        out[key] = p[1].strip()
+    return _unique_names(out, path)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text.lstrip(BOM))
+    except ValueError:
+        return False
+    return True
+
+
+def _unique_names(mapping: dict[str, str], source: object) -> dict[str, str]:
+    seen: dict[str, str] = {}
+    for k, v in mapping.items():
+        if v in seen:
+            raise DataError(f"{source}: label name '{v}' is given to ids {seen[v]} and {k}")
+        seen[v] = k
+    return mapping
+
+
+def label_map(data: DataConfig) -> dict[str, str] | None:
+    """``data.label_map`` as id (a string) -> name, or None when there is none."""
+    if data.label_map is None:
+        return None
+    if isinstance(data.label_map, dict):
+        return _unique_names(dict(data.label_map), "data.label_map")
+    return _label_map_file(_resolve(data, data.label_map), data)
+
+
+def _id_key(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def apply_label_map(
+    rows: list[Row], field: str, mapping: dict[str, str], source: object, many: bool = False
+) -> list[Row]:
+    """Rows with ``field``'s ids replaced by their names: each id of a list (multi-label, a token task's tags)
+    and, with ``many``, each of a string's space-separated ids (a token task's tags on one line)."""
+
+    def name(value: Any, row: Row) -> str:
+        key = _id_key(value)
+        if key not in mapping:
+            shown = list(mapping) if len(mapping) <= 20 else [*list(mapping)[:20], "..."]
+            raise DataError(
+                f"{row['_where']} (field '{field}'): label id '{key}' is not in the label map {source} "
+                f"(ids: {shown})"
+            )
+        return mapping[key]
+
+    out = []
+    for row in rows:
+        value = row.get(field)
+        if value is None:
+            out.append(row)  # a missing field is reported by the field checks, naming the row
+            continue
+        if isinstance(value, (list, tuple)):
+            mapped: Any = [name(v, row) for v in value]
+        elif many and isinstance(value, str):  # tags of format 'lines': "0 0 3 4 0"
+            mapped = " ".join(name(v, row) for v in value.split())
+        else:
+            mapped = name(value, row)
+        out.append({**row, field: mapped})
+    return out
+
+
+def _stratum(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value.strip()
+
+
+def carve_dev(rows: list[Row], fraction: float, seed: int, stratify: str | None, source: str) -> list[int]:
+    """Indices (sorted) of the train rows that become the dev split: ``round(fraction * n)`` of them (at
+    least 1, at most n - 1), seeded; with ``stratify``, every value of that field keeps its share (largest
+    remainders get the rounding), so rare classes reach dev when they can."""
+    n = len(rows)
+    if n < 2:
+        raise DataError(f"{source}: train has {n} row(s); too few to carve a dev split out of it")
+    n_dev = min(max(round(fraction * n), 1), n - 1)
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        key = _stratum(row.get(stratify)) if stratify else ""
+        groups.setdefault(key, []).append(i)
+    keys = sorted(groups)
+    quota = [len(groups[k]) * n_dev / n for k in keys]
+    take = [int(q) for q in quota]
+    by_remainder = sorted(range(len(keys)), key=lambda j: (-(quota[j] - take[j]), j))
+    for j in by_remainder[: n_dev - sum(take)]:
+        take[j] += 1
+    rng = np.random.default_rng([seed, zlib.crc32(b"dev_from_train")])
+    dev: list[int] = []
+    for k, t in zip(keys, take, strict=True):
+        members = groups[k]
+        dev.extend(members[j] for j in rng.choice(len(members), size=t, replace=False))
+    return sorted(dev)
