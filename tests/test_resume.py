@@ -94,10 +94,15 @@ class Run:
 
 
 def start_cli(work: Path, out: Path, *extra: str, fault: str | None = None) -> Run:
+    """``fault``: ``POINT`` (SIGKILL there) or ``POINT@SIG`` (send SIGINT / SIGTERM there)."""
     env = dict(os.environ)
     env.pop("MTFUSE_FAULT", None)
+    env.pop("MTFUSE_FAULT_SIGNAL", None)
     if fault is not None:
-        env["MTFUSE_FAULT"] = fault
+        point, _, sig = fault.partition("@")
+        env["MTFUSE_FAULT"] = point
+        if sig:
+            env["MTFUSE_FAULT_SIGNAL"] = sig
     # One thread: fast and steady on a shared 2-core machine, and every run of the comparison uses the same
     # reduction order (fp32 sums are not associative: the thread count changes the last bits).
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
@@ -152,7 +157,14 @@ def tb_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-FIRST_RUNS = {"reference": None, "killed-step-7": "step:7", "killed-checkpoint-8": "checkpoint-write:8"}
+FIRST_RUNS = {
+    "reference": None,
+    "killed-step-7": "step:7",
+    "killed-checkpoint-8": "checkpoint-write:8",
+    "sigint-step-5": "step:5@INT",  # Ctrl-C between two checkpoints
+    "sigterm-step-2": "step:2@TERM",  # a scheduler's SIGTERM before the first checkpoint
+    "killed-step-10": "step:10",  # then its newest checkpoint is damaged
+}
 # joint steps with a stateful gradient method (MoCo keeps per-task gradient estimates: tensor state in the
 # checkpoint) over soft sharing (per-task layer copies and their penalty): all of it must resume exactly
 JOINT = (
@@ -241,3 +253,35 @@ def test_resume_without_a_checkpoint_is_a_one_line_error(workdir: Path) -> None:
         assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
         assert "resume" in lines[0]
     assert not (empty / "checkpoints").exists() and not (empty / "config.yaml").exists()  # nothing written
+
+
+@pytest.mark.parametrize(("name", "step"), [("sigint-step-5", 5), ("sigterm-step-2", 2)])
+def test_sigint_and_sigterm_checkpoint_the_current_step_and_exit_130(
+    workdir: Path,
+    first_runs: dict[str, subprocess.CompletedProcess[str]],
+    reference: Path,
+    name: str,
+    step: int,
+) -> None:
+    proc, out = first_runs[name], workdir / name
+    assert proc.returncode == 130, outputs(proc)
+    assert f"interrupted at step {step}; resume with --resume" in proc.stderr, outputs(proc)
+    assert "Traceback" not in proc.stderr
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{step:07d}"
+    ok(run_cli(workdir, out, "--resume"))
+    assert_same_as_reference(out, reference)
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_one_before(
+    workdir: Path, first_runs: dict[str, subprocess.CompletedProcess[str]], reference: Path
+) -> None:
+    out = workdir / "killed-step-10"
+    killed(first_runs["killed-step-10"])
+    newest = out / "checkpoints" / "step-0000008" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a truncated file (a full disk, a bad copy)
+    proc = run_cli(workdir, out, "--resume")
+    ok(proc)
+    assert "step-0000008 cannot be read" in proc.stdout and "resuming from step-0000004" in proc.stdout, (
+        outputs(proc)
+    )
+    assert_same_as_reference(out, reference)

@@ -23,23 +23,17 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from mtfuse.errors import MtfuseError
+from mtfuse.rundir import write_json as write_json_atomic
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def fault_point(name: str) -> None:
-    """Test hook: SIGKILL this process at the named point when MTFUSE_FAULT names it (crash-resume tests)."""
+    """Test hook: signal this process at the named point when MTFUSE_FAULT names it (crash-resume and interrupt
+    tests); the signal is SIGKILL unless MTFUSE_FAULT_SIGNAL names another (INT, TERM)."""
     if os.environ.get("MTFUSE_FAULT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        sig = getattr(signal, "SIG" + os.environ.get("MTFUSE_FAULT_SIGNAL", "KILL"))
+        os.kill(os.getpid(), sig)
 
 
 # ------------------------------------------------------------------------------------------ flattening

@@ -114,7 +114,7 @@ def predict(
         raise MtfuseError(f"{output}: already exists; pass --overwrite to replace it")
     if not input.is_file():
         raise MtfuseError(f"{input}: input file not found")
-    from mtfuse.fusion.members import is_ensemble_dir
+    from mtfuse.fusion.ensemble.members import is_ensemble_dir
 
     if is_ensemble_dir(run_dir):
         from mtfuse.fusion.ensemble import EnsemblePredictor
@@ -178,7 +178,7 @@ def diversity(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --output file"),
 ) -> None:
     """Pairwise disagreement and error correlation of candidate members, per task."""
-    from mtfuse.fusion.diversity import diversity_command
+    from mtfuse.fusion.ensemble.diversity import diversity_command
 
     diversity_command(run_dirs, tasks or None, output, overwrite, console)
 
@@ -290,18 +290,22 @@ def _data_check_tables(title: str, report: dict[str, Any], unseen: dict[str, Any
 @app.command()
 def merge(
     inputs: list[str] = typer.Argument(
-        ..., help="run directories to merge, then method parameters as key=value"
+        None, help="run directories to merge, then method parameters as key=value"
     ),
-    method: str = typer.Option(..., "--method", "-m", help="merge method (listed in `mtfuse merge --help`)"),
-    output: Path = typer.Option(..., "--output", "-o", help="run directory to write"),
+    method: str = typer.Option(None, "--method", "-m", help="merge method (listed in `mtfuse merge --help`)"),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="run directory to write (with --from: default the recorded merge's)"
+    ),
     base: str = typer.Option(None, help="base (pretrained) model; default: the runs' model.name_or_path"),
     weights: str = typer.Option(None, help="per-model weights, comma separated (default: equal)"),
-    seed: int = typer.Option(0, help="seed of random methods (DARE, DELLA), Fisher label sampling, searches"),
+    seed: int = typer.Option(
+        None, help="seed of random methods (DARE, DELLA), Fisher label sampling, searches [default: 0]"
+    ),
     max_distance: float = typer.Option(
-        0.5, help="refuse inputs further than this (relative L2) from the base"
+        None, help="refuse inputs further than this (relative L2) from the base [default: 0.5]"
     ),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="score the merged model on dev"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier merge output"),
     search: bool = typer.Option(
         False, "--search", help="tune the method's hyperparameters on --search-split (grid search)"
     ),
@@ -311,43 +315,81 @@ def merge(
         help="e.g. 'scale=[0.3,0.5,0.7,1.0] density=[0.2,0.5]' or 'weights=[[1,1],[2,1]]' (implies --search)",
     ),
     search_split: str = typer.Option(
-        "dev", "--search-split", help="select on dev (optimistic) or train-holdout (train rows not seen)"
+        None, "--search-split", help="select on dev (optimistic) or train-holdout (train rows not seen)"
     ),
     search_trials: int = typer.Option(
         None, "--search-trials", help="score a seeded random N points of the grid instead of all of them"
+    ),
+    replay: Path = typer.Option(
+        None, "--from", help="replay the request recorded in a merge's merge.json (or its directory)"
     ),
 ) -> None:
     """Merge the encoders of fine-tuned runs into one model that keeps every run's task heads.
 
     Methods: tensor-only (linear, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, della, slerp,
-    model_stock) and data-dependent (fisher, regmean, adamerging, greedy_soup: they read the runs' data)."""
-    from mtfuse.fusion.merging import merge_runs, parse_params
+    model_stock) and data-dependent (fisher, regmean, adamerging, greedy_soup: they read the runs' data).
+    `--from DIR/merge.json [--output NEW]` merges again what DIR records, with identical weights."""
+    from mtfuse.errors import ConfigError
+    from mtfuse.fusion.merge.command import run_request
+    from mtfuse.fusion.merge.request import MergeRequest, SearchSpec, parse_params, read_request
+    from mtfuse.fusion.merge.search import default_space, parse_space
 
-    runs = [Path(i) for i in inputs if "=" not in i]
-    params = parse_params([i for i in inputs if "=" in i])
-    w = [float(x) for x in weights.split(",")] if weights else None
-    log = console.print
-    if search or search_space:
-        from mtfuse.fusion.merge_search import SearchSpec, default_space, parse_space, search_merge
-        from mtfuse.fusion.merging import get_method
+    if replay is not None:
+        given = {
+            "run directories or key=value parameters": inputs,
+            "--method": method,
+            "--base": base,
+            "--weights": weights,
+            "--seed": seed,
+            "--max-distance": max_distance,
+            "--search": search or None,
+            "--search-space": search_space,
+            "--search-split": search_split,
+            "--search-trials": search_trials,
+        }
+        extra = [k for k, v in given.items() if v]
+        if extra:
+            raise ConfigError(f"--from replays a recorded merge request; drop {', '.join(extra)}")
+        request = read_request(replay)
+        output = output or (replay if replay.is_dir() else replay.parent)
+    else:
+        if not inputs:
+            raise ConfigError("give the run directories to merge (or --from DIR/merge.json)")
+        if method is None:
+            raise ConfigError("--method is required (or --from DIR/merge.json)")
+        if output is None:
+            raise ConfigError("--output is required")
+        spec = None
+        if search or search_space or search_split or search_trials:
+            from mtfuse.fusion.merge.method import get_method
 
-        space = parse_space(search_space) if search_space else default_space(get_method(method))
-        spec = SearchSpec(space, search_split, search_trials)
-        record, slog = search_merge(
-            runs, method, output, spec, params, base, w, seed, overwrite, max_distance, log
+            space = parse_space(search_space) if search_space else default_space(get_method(method))
+            spec = SearchSpec(space=space, split=search_split or "dev", trials=search_trials)
+        request = MergeRequest.make(
+            runs=[Path(i) for i in inputs if "=" not in i],
+            method=method,
+            params=parse_params([i for i in inputs if "=" in i]),
+            base=base,
+            weights=[float(x) for x in weights.split(",")] if weights else None,
+            seed=seed if seed is not None else 0,
+            max_distance=max_distance if max_distance is not None else 0.5,
+            search=spec,
         )
+    record, slog = run_request(request, output, overwrite, log=console.print)
+    if slog is not None:
         best = " ".join(f"{k}={v}" for k, v in slog["best"]["point"].items())
         console.print(
-            f"search: {len(slog['points'])} points on {search_split}; selected {best} "
+            f"search: {len(slog['points'])} points on {slog['split']}; selected {best} "
             f"(average {slog['best']['average']:.2f}); log {output / 'search.json'}, "
             f"plot {output / 'search.png'}"
         )
-        if search_split == "dev":
+        if slog["split"] == "dev":
             console.print("note: selected on dev, so the dev scores below are optimistic", style="yellow")
-    else:
-        record = merge_runs(runs, method, output, params, base, w, seed, overwrite, max_distance, log=log)
+    runs = request.runs
     dist = ", ".join(f"{Path(k).name}: {v:.4f}" for k, v in record["distance_to_base"].items())
-    console.print(f"merged {len(runs)} runs with {method} into {output} ({record['merge_seconds']} s)")
+    console.print(
+        f"merged {len(runs)} runs with {request.method} into {output} ({record['merge_seconds']} s)"
+    )
     if dist:
         console.print(f"distance to base (relative L2): {dist}")
     info = record.get("stats", {})

@@ -119,7 +119,12 @@ def evaluate_run(
     from mtfuse.tasks.prepare import prepare_tasks
 
     run_dir = Path(run_dir)
+    out = output or run_dir / rundir.metrics_file(split)
+    rundir.check_evaluate_output(run_dir, out)
     cfg = rundir.load_run_config(run_dir, overrides)
+    if not any(o.strip().startswith("subset.") for o in overrides):
+        # the training config's subset was for training; evaluate scores whole splits unless asked
+        cfg = cfg.model_copy(update={"subset": cfg.subset.model_copy(update={"train": None, "eval": None})})
     model, tokenizer = MultiTaskModel.load(run_dir / rundir.MODEL)
     cfg = cfg.model_copy(update={"tasks": [t for t in cfg.tasks if t.name in model.specs]})
     tasks = prepare_tasks(cfg, tokenizer, [split], vocabs={n: s.labels for n, s in model.specs.items()})
@@ -129,11 +134,11 @@ def evaluate_run(
         model, tasks, split, cfg.train.eval_batch_size, device, tokenizer.pad_token_id or 0
     )
     result = {"split": split, **with_average(metrics)}
-    out = output or run_dir / f"metrics-{split}.json"
+    result["examples"] = {n: len(t.splits[split]) for n, t in tasks.items()}
     rundir.write_json(out, result)
     for n, (p, pr) in outputs.items():
         rundir.write_jsonl(
-            run_dir / rundir.PREDICTIONS / split / f"{n}.jsonl",
+            rundir.inside(run_dir / rundir.PREDICTIONS, split, f"{n}.jsonl"),
             records(tasks[n], p, pr, tasks[n].gold[split]),
         )
     return result, out
