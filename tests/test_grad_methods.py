@@ -70,7 +70,7 @@ from mtfuse.weighting import WEIGHTINGS, GradientMethod
 from mtfuse.weighting._state import seeded_generator
 from mtfuse.weighting.aligned_mtl import aligned_mtl
 from mtfuse.weighting.baselines import grad_mean, grad_sum
-from mtfuse.weighting.cagrad import cagrad
+from mtfuse.weighting.cagrad import cagrad, cagrad_weights
 from mtfuse.weighting.config import config
 from mtfuse.weighting.db_mtl import db_mtl
 from mtfuse.weighting.dualproj import dualproj
@@ -313,6 +313,88 @@ def test_cagrad() -> None:
         assert float((G @ d).min()) >= float((G @ g0).min()) - 1e-9
         torch.testing.assert_close(cagrad(G, c=c, rescale=1), d / (1 + c**2))
         torch.testing.assert_close(cagrad(G, c=c, rescale=2), d / (1 + c))
+
+
+def _cagrad_primal(G: torch.Tensor, c: float) -> float:
+    """The paper's objective solved directly over d in R^P: max_{||d - g0|| <= c ||g0||} min_i g_i . d
+    (the value of a feasible point: a lower bound of the optimum, up to SLSQP's tolerance)."""
+    Gn, g0 = G.numpy(), G.mean(0).numpy()
+    K, P = Gn.shape
+    phi = (c * np.linalg.norm(g0)) ** 2
+    best = -np.inf
+    for x0 in (np.r_[g0, (Gn @ g0).min()], np.r_[g0 + 0.1 * c * np.linalg.norm(g0), -1.0]):
+        res = minimize(
+            lambda x: (-x[P], np.r_[np.zeros(P), -1.0]),
+            x0,
+            jac=True,
+            method="SLSQP",
+            constraints=[
+                {"type": "ineq", "fun": lambda x: Gn @ x[:P] - x[P],
+                 "jac": lambda x: np.hstack([Gn, -np.ones((K, 1))])},
+                {"type": "ineq", "fun": lambda x: np.array([phi - (x[:P] - g0) @ (x[:P] - g0)]),
+                 "jac": lambda x: np.r_[-2 * (x[:P] - g0), 0.0][None]},
+            ],
+            options={"ftol": 1e-15, "maxiter": 2000},
+        )  # fmt: skip
+        d = res.x[:P] - g0  # SLSQP may leave the ball by its tolerance: pull d back in
+        d = g0 + d * min(1.0, float(np.sqrt(phi) / max(np.linalg.norm(d), 1e-300)))
+        best = max(best, float((Gn @ d).min()))
+    return best
+
+
+def _near_hull(K: int, P: int, eps: float, seed: int) -> torch.Tensor:
+    """Gradients with 0 (eps = 0) or nearly 0 in their convex hull: Pareto-stationary or nearly so."""
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((K, P))
+    w = rng.random(K) + 0.1
+    G[-1] = -(w[:-1] @ G[:-1]) / w[-1] + eps * rng.standard_normal(P)
+    return torch.from_numpy(G)
+
+
+def test_cagrad_when_the_optimal_combination_vanishes() -> None:
+    """Issue 8: g_w* = 0 (0 in the convex hull) used to give the mean, whose worst task is -1/6 here; the
+    paper's objective has a better solution (worst task 0: d = (0, 1/3, 0) is in the ball)."""
+    G = torch.tensor([[1.0, 0.0, 0.0], [-2.0, 0.0, 0.0], [0.5, 1.0, 0.0]], dtype=F64)
+    g0 = G.mean(0)
+    assert float((G @ g0).min()) == pytest.approx(-1 / 6)
+    d = cagrad(G, c=0.5, rescale=0)
+    assert float((G @ d).min()) >= -1e-9
+    assert float((d - g0).norm()) <= 0.5 * float(g0.norm()) * (1 + 1e-9)
+    # of the maximisers (every d in the ball with G d >= 0), the one closest to g0
+    torch.testing.assert_close(d, torch.tensor([0.0, 1 / 3, 0.0], dtype=F64), rtol=0, atol=1e-9)
+    torch.testing.assert_close(cagrad(G, c=0.5), d / 1.25)  # rescale=1: over 1 + c^2
+
+
+@pytest.mark.parametrize("eps", [1e-4, 1e-6, 1e-8, 1e-10, 1e-12])
+@pytest.mark.parametrize("entry", [(1, 1), (1, 0), (0, 1)])
+def test_cagrad_near_a_vanishing_combination(eps: float, entry: tuple[int, int]) -> None:
+    """Perturbations of the case above: the weights reached 4e10 there and the worst task -0.42."""
+    G = torch.tensor([[1.0, 0.0, 0.0], [-2.0, 0.0, 0.0], [0.5, 1.0, 0.0]], dtype=F64)
+    G[entry] += eps
+    w = cagrad_weights(G @ G.T, 0.5, 0)
+    d = w @ G
+    assert float(w.abs().max()) < 1.0
+    assert float((G @ d).min()) >= -1e-11
+    assert float((d - G.mean(0)).norm()) <= 0.5 * float(G.mean(0).norm()) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-12, 1e-9, 1e-6, 1e-3, 1e-1])
+@pytest.mark.parametrize(("K", "seed"), [(2, 0), (3, 1), (4, 2), (5, 3)])
+def test_cagrad_solves_the_papers_objective(eps: float, K: int, seed: int) -> None:
+    """On (nearly) Pareto-stationary gradients the update attains the optimum of the primal objective, stays
+    in the ball, and its weights stay moderate (they reached 1e10 near g_w* = 0)."""
+    G = _near_hull(K, 6, eps, seed)
+    g0 = G.mean(0)
+    for c in (0.2, 0.5, 1.0):
+        d = cagrad(G, c=c, rescale=0)
+        radius = c * float(g0.norm())
+        scale = float(G.norm(dim=1).max()) * radius
+        assert float((d - g0).norm()) <= radius * (1 + 1e-6)
+        # exactly Pareto-stationary: the optimum to the solvers' precision; nearly: the objective is almost
+        # flat along the direction that separates the tasks, and the weights are kept moderate instead
+        tol = 1e-10 if eps == 0 else 1e-6
+        assert float((G @ d).min()) >= _cagrad_primal(G, c) - tol * scale
+        assert float(cagrad_weights(G @ G.T, c, 0).abs().max()) < 1e4
 
 
 @pytest.mark.parametrize("K", [2, 3, 5])

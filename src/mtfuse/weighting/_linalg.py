@@ -74,6 +74,29 @@ def min_norm_simplex(Q: np.ndarray) -> np.ndarray:
     return u / u.sum()
 
 
+def least_distance(E: np.ndarray, h: np.ndarray) -> np.ndarray | None:
+    """``argmin ||x||  s.t.  E x >= h`` exactly, or ``None`` when no ``x`` satisfies the constraints.
+
+    Least-distance programming (Lawson & Hanson 1974, ch. 23): with ``u = argmin_{u>=0} ||[E^T; h^T] u -
+    e_{n+1}||`` and residual ``r``, the solution is ``x = -r[:n] / r[n]``; a zero residual means infeasible
+    (and so does a solution that misses the constraints: the residual is then rounding noise).
+    """
+    n = E.shape[1]
+    A = np.vstack([E.T, h[None, :]])
+    f = np.zeros(n + 1)
+    f[-1] = 1.0
+    u, _ = nnls(A, f, maxiter=50 * max(1, A.shape[1]))
+    r = A @ u - f
+    if abs(r[-1]) <= 1e-14:
+        return None
+    x = -r[:n] / r[-1]
+    # near the edge of feasibility the residual is rounding noise: check the constraints themselves
+    tol = 1e-12 * (
+        1.0 + float(np.abs(h).max(initial=0.0)) + float(np.abs(E).max(initial=0.0) * np.abs(x).sum())
+    )
+    return x if float(np.min(E @ x - h, initial=0.0)) >= -tol else None
+
+
 def project_simplex(y: np.ndarray) -> np.ndarray:
     """Euclidean projection onto the probability simplex (sort-based, Held et al. 1974)."""
     s = np.sort(y)[::-1]
