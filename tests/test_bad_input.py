@@ -16,31 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.cli import run_cli
-
-
-def fails(argv: list[object], *expected: str) -> str:
-    """Run ARGV, expect the one-line user error (exit 2) containing every ``expected`` text; return stderr."""
-    code, out, err = run_cli(argv)
-    assert code == 2, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
-    assert "error:" in err and "Traceback" not in err and "Traceback" not in out
-    flat = " ".join(err.split())  # the console may wrap long lines
-    for text in expected:
-        assert " ".join(str(text).split()) in flat, f"{text!r} not in stderr:\n{err}"
-    return err
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+from tests.helpers.cli import fails, run_cli, snapshot, write
 
 
 @pytest.fixture
