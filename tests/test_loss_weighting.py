@@ -29,8 +29,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mtfuse.config import WeightingConfig, params_check
+from mtfuse.config import WeightingConfig
 from mtfuse.errors import ConfigError
+from mtfuse.params import params_check
 from mtfuse.weighting import WEIGHTINGS, Weighting
 from mtfuse.weighting.dwa import dwa_weights
 from mtfuse.weighting.famo import famo_logit_grad
