@@ -12,10 +12,7 @@ import numpy as np
 import torch
 from scipy.optimize import nnls
 
-
-def gramian(G: torch.Tensor) -> torch.Tensor:
-    """``G @ G.T`` in G's dtype and device (callers move it to float64 on the CPU for the solves)."""
-    return G @ G.T
+from mtfuse.gradients import gramian  # noqa: F401  (G G^T in float64; used by every method)
 
 
 def as_np(t: torch.Tensor) -> np.ndarray:

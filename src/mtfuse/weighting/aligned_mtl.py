@@ -30,10 +30,17 @@ ScaleMode = Literal["min", "median", "rmse"]
 
 
 def aligned_mtl_weights(
-    gram: torch.Tensor, scale_mode: ScaleMode = "min", reduction: Literal["sum", "mean"] = "sum"
+    gram: torch.Tensor,
+    scale_mode: ScaleMode = "min",
+    reduction: Literal["sum", "mean"] = "sum",
+    eps: float | None = None,
 ) -> torch.Tensor:
-    """Effective weights ``B w`` (float64, CPU) with ``aligned_mtl(G) == (B w) @ G``."""
-    eps = torch.finfo(gram.dtype).eps  # rank tolerance of the precision G G^T was computed in
+    """Effective weights ``B w`` (float64, CPU) with ``aligned_mtl(G) == (B w) @ G``.
+
+    ``eps``: the rank tolerance, the machine epsilon of the precision of the gradients (default: of the
+    Gramian's dtype). The Gramian is formed in float64 whatever G's dtype, so callers pass G's.
+    """
+    eps = torch.finfo(gram.dtype).eps if eps is None else eps
     Q = gram.detach().to("cpu", torch.float64)
     K = Q.shape[0]
     w = torch.full((K,), 1.0 if reduction == "sum" else 1.0 / K, dtype=torch.float64)
@@ -52,7 +59,8 @@ def aligned_mtl(
     G: torch.Tensor, scale_mode: ScaleMode = "min", reduction: Literal["sum", "mean"] = "sum"
 ) -> torch.Tensor:
     """Aligned-MTL update for the ``[K, P]`` task gradients ``G``."""
-    return combine_rows(aligned_mtl_weights(gramian(G), scale_mode, reduction), G)
+    eps = torch.finfo(G.dtype).eps
+    return combine_rows(aligned_mtl_weights(gramian(G), scale_mode, reduction, eps), G)
 
 
 class AlignedMTLParams(BaseModel):
@@ -68,6 +76,7 @@ class AlignedMTL(GradientMethod):
 
     def aggregate(self, G: torch.Tensor, losses: torch.Tensor, step: int) -> torch.Tensor:
         self._check(G)
-        w = aligned_mtl_weights(gramian(G), self.params.scale_mode, self.params.reduction)
+        eps = torch.finfo(G.dtype).eps
+        w = aligned_mtl_weights(gramian(G), self.params.scale_mode, self.params.reduction, eps)
         self._record(w)
         return combine_rows(w, G)

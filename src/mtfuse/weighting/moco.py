@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mtfuse.weighting._linalg import as_np, combine_rows, project_simplex
+from mtfuse.weighting._linalg import as_np, combine_rows, gramian, project_simplex
 from mtfuse.weighting._state import floats
 from mtfuse.weighting.base import GradientMethod, register
 
@@ -43,7 +43,7 @@ def moco(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One MoCo step (call number ``t >= 1``): ``(update, new_y, new_lambda)``; inputs are not modified."""
     y_new = y - (beta / t**beta_sigma) * (y - G)
-    Q = as_np(y_new @ y_new.T)
+    Q = as_np(gramian(y_new))
     lam_np = lam.detach().to("cpu", torch.float64).numpy()
     step = (gamma / t**gamma_sigma) * (Q @ lam_np + rho * lam_np)
     lam_new = torch.from_numpy(project_simplex(lam_np - step))

@@ -1,0 +1,93 @@
+"""``mtfuse.gradients``: the task-gradient matrix, its float64 Gramian and the gradient-cosine diagnostics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from mtfuse.gradients import cosine_matrix, gramian, task_gradient_matrix, write_gradient
+from mtfuse.weighting.cagrad import cagrad_weights
+from mtfuse.weighting.fairgrad import fairgrad_weights
+from mtfuse.weighting.nash_mtl import nash_mtl_weights
+from mtfuse.weighting.upgrad import upgrad_weights
+
+F64 = torch.float64
+
+
+def opposed(P: int = 4096, one_plus_cos: float = 1e-7, seed: int = 0) -> torch.Tensor:
+    """Float32 gradients: tasks 0 and 1 nearly opposed (``1 + cos ~ one_plus_cos``), task 2 unrelated."""
+    g = torch.Generator().manual_seed(seed)
+    u, v, w = torch.randn(3, P, generator=g, dtype=F64)
+    v -= (v @ u) / (u @ u) * u
+    u, v = u / u.norm(), v / v.norm()
+    delta = (2 * one_plus_cos) ** 0.5  # 1 + cos(u, -u + delta v) ~ delta^2 / 2
+    return torch.stack([u, -u + delta * v, 0.3 * w / w.norm() + 0.5 * u]).float()
+
+
+def test_gramian_is_float64_and_exact_for_float32_gradients() -> None:
+    G = opposed()
+    Q = gramian(G)
+    assert Q.dtype == F64 and Q.device == G.device
+    torch.testing.assert_close(Q, G.double() @ G.double().T, rtol=1e-13, atol=1e-15)
+    # accumulated block by block: the same to rounding whatever the block size
+    torch.testing.assert_close(gramian(G, block=1000), Q, rtol=1e-13, atol=1e-15)
+    G64 = G.double()
+    assert gramian(G64).dtype == F64
+
+
+@pytest.mark.parametrize(
+    ("name", "weights"),
+    [
+        ("cagrad", lambda Q: cagrad_weights(Q, 0.4, 1)),
+        ("fairgrad", lambda Q: fairgrad_weights(Q, 1.0)),
+        ("nash_mtl", lambda Q: nash_mtl_weights(Q, max_norm=0.0)),
+        ("upgrad", lambda Q: upgrad_weights(Q)),
+    ],
+)
+def test_nearly_opposed_gradients_give_the_weights_of_the_exact_gramian(name: str, weights: Any) -> None:
+    """Issue 8: with 1 + cos = 1e-7 a float32 Gramian moved these methods' weights by 20-54%."""
+    G = opposed()
+    exact = weights(G.double() @ G.double().T)
+    torch.testing.assert_close(weights(gramian(G)), exact, rtol=1e-6, atol=0.0)
+    if name != "cagrad":  # (the exact CAGrad solver happens to be insensitive on this G)
+        in_float32 = weights((G @ G.T).double())
+        assert float((in_float32 - exact).norm() / exact.norm()) > 5e-3  # the fault this guards against
+
+
+def test_cosine_diagonal_is_exactly_one() -> None:
+    """Issue 15: the diagonal was 0.9956 / 1.0005 (float32 rounding, e.g. under autocast)."""
+    g = torch.Generator().manual_seed(1)
+    G = (torch.randn(3, 100_000, generator=g) * torch.tensor([[1e-3], [1.0], [30.0]])).to(torch.bfloat16)
+    C = cosine_matrix(G.float())
+    assert C.dtype == F64
+    assert C.diagonal().tolist() == [1.0, 1.0, 1.0]
+    assert torch.equal(C, C.T) and float(C.abs().max()) <= 1.0
+    ref = torch.nn.functional.cosine_similarity(G.double()[:, None], G.double()[None], dim=-1)
+    torch.testing.assert_close(C, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_cosine_of_a_zero_gradient_is_zero() -> None:
+    G = torch.tensor([[1.0, 2.0], [0.0, 0.0], [-2.0, -4.0]])
+    C = cosine_matrix(G)
+    assert C.tolist() == [[1.0, 0.0, -1.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 1.0]]
+
+
+def test_task_gradient_matrix_and_write_gradient() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 2)
+    x = torch.randn(5, 3)
+    out = lin(x)
+    losses = [out[:, 0].pow(2).mean(), out[:, 1].abs().mean()]
+    params = list(lin.parameters())
+    G = task_gradient_matrix(losses, params, retain_last=True)
+    assert G.shape == (2, sum(p.numel() for p in params)) and G.dtype == torch.float32
+    for k, loss in enumerate(losses):
+        ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params, retain_graph=True)])
+        torch.testing.assert_close(G[k], ref)
+    write_gradient(params, G.sum(0))
+    torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in params]), G.sum(0))
+    with pytest.raises(ValueError, match="entries"):
+        write_gradient(params, torch.zeros(G.shape[1] + 1))
