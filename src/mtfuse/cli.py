@@ -87,8 +87,11 @@ def evaluate(
     output: Path = typer.Option(None, help="metrics JSON (default RUN_DIR/metrics-<split>.json)"),
 ) -> None:
     """Score a trained run on a split and print a table."""
+    from mtfuse import rundir
     from mtfuse.evaluate import evaluate_run
 
+    if output is not None:
+        rundir.check_evaluate_output(run_dir, output)  # never onto the run's own files
     result, out = evaluate_run(run_dir, split, overrides or [], output)
     console.print(metrics_table(f"{split} metrics ({run_dir})", result["tasks"], average=result["average"]))
     counts = ", ".join(f"{n}: {k}" for n, k in result["examples"].items())
@@ -400,7 +403,7 @@ def merge(
     if evaluate:
         from mtfuse.evaluate import evaluate_run
 
-        result, _ = evaluate_run(output, "dev", [], output / "metrics.json")
+        result, _ = evaluate_run(output, "dev", [], output / "metrics.json", whole_splits=False)
         console.print(metrics_table(f"dev metrics ({output})", result["tasks"], average=result["average"]))
 
 

@@ -40,32 +40,50 @@ def predict_encoded(
         p, pr = task.type.predict(logits)
         for r, i in enumerate(idx):
             if task.type.token_level:
-                preds[i], probs[i] = word_level(enc.word_ids[i], p[r], pr[r])  # type: ignore[index]
+                n_words = enc.n_words[i] if enc.n_words is not None else None
+                preds[i], probs[i] = word_level(enc.word_ids[i], p[r], pr[r], n_words, outside_index(task))  # type: ignore[index]
             else:
                 preds[i], probs[i] = p[r], pr[r]
     model.train(was_training)
     return preds, probs
 
 
+def outside_index(task: TaskData) -> int:
+    """The tag given to words the model never saw (cut off by max_length): 'O' where the tag set has it."""
+    labels = task.labels or []
+    return labels.index("O") if "O" in labels else 0
+
+
 def word_level(
-    word_ids: np.ndarray, pred: np.ndarray, prob: np.ndarray
+    word_ids: np.ndarray, pred: np.ndarray, prob: np.ndarray, n_words: int | None = None, fill: int = 0
 ) -> tuple[list[int], list[np.ndarray]]:
-    """Keep each word's first sub-word prediction (words cut off by truncation get none)."""
+    """Keep each word's first sub-word prediction. Words past the truncation (up to ``n_words``) get the
+    ``fill`` tag with probability 1, so every gold word is scored (as the CoNLL scorer does)."""
     out_p, out_pr, prev = [], [], -1
     for pos, w in enumerate(word_ids):
         if w >= 0 and w != prev:
             out_p.append(int(pred[pos]))
             out_pr.append(prob[pos])
         prev = w
+    if n_words is not None and len(out_p) < n_words:
+        one_hot = np.zeros_like(prob[0])
+        one_hot[fill] = 1.0
+        out_p += [fill] * (n_words - len(out_p))
+        out_pr += [one_hot] * (n_words - len(out_pr))
     return out_p, out_pr
 
 
 def score(task: TaskData, preds: list[Any], gold: list[Any]) -> dict[str, float]:
-    """The task's metrics on 0-100. Token tasks compare tags of the words the model saw."""
+    """The task's metrics on 0-100. Token tasks score every gold word (unseen words are tagged 'O')."""
     if task.type.token_level:
         labels = task.labels or []
         p_tags = [[labels[j] for j in p] for p in preds]
-        g_tags = [g[: len(p)] for g, p in zip(gold, p_tags, strict=True)]
+        g_tags = [list(g) for g in gold]
+        short = [i for i, (p, g) in enumerate(zip(p_tags, g_tags, strict=True)) if len(p) != len(g)]
+        if short:  # every gold word has a prediction (word_level fills the words past max_length)
+            raise ValueError(
+                f"task '{task.name}': predictions and gold differ in length for examples {short[:5]}"
+            )
         return {m: METRICS.get(m)(p_tags, g_tags) for m in task.metrics}
     p_arr, g_arr = np.array(preds), np.array(gold)
     return {m: METRICS.get(m)(p_arr, g_arr) for m in task.metrics}
@@ -112,17 +130,20 @@ def evaluate_run(
     split: str = "dev",
     overrides: list[str] | tuple[str, ...] = (),
     output: Path | None = None,
+    whole_splits: bool = True,
 ) -> tuple[dict[str, Any], Path]:
-    """`mtfuse evaluate`: load a run directory, score every task it has a head for, write metrics JSON."""
+    """`mtfuse evaluate`: load a run directory, score every task it has a head for, write metrics JSON.
+
+    ``whole_splits``: score whole splits (the training config's ``subset`` was for training) unless the
+    overrides set ``subset.*``; merge passes False so a merged model is scored on its inputs' dev examples."""
     from mtfuse import rundir
     from mtfuse.model import MultiTaskModel
     from mtfuse.tasks.prepare import prepare_tasks
 
     run_dir = Path(run_dir)
     out = output or run_dir / rundir.metrics_file(split)
-    rundir.check_evaluate_output(run_dir, out)
     cfg = rundir.load_run_config(run_dir, overrides)
-    if not any(o.strip().startswith("subset.") for o in overrides):
+    if whole_splits and not any(o.strip().startswith("subset.") for o in overrides):
         # the training config's subset was for training; evaluate scores whole splits unless asked
         cfg = cfg.model_copy(update={"subset": cfg.subset.model_copy(update={"train": None, "eval": None})})
     model, tokenizer = MultiTaskModel.load(run_dir / rundir.MODEL)

@@ -110,12 +110,6 @@ def test_predictions_stay_aligned_with_the_gold(tok) -> None:
     assert score(task, preds, gold) == {"seqeval_f1": 100.0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="evaluate.py (not the data code) still cuts the gold to the words the model saw: score() does "
-    "g[:len(p)] and word_level() gives no prediction for words past max_length; they should be predicted O "
-    "(enc.n_words has each example's full word count)",
-)
 def test_entity_f1_counts_words_past_max_length(tok) -> None:
     task = token_task(max_length=6)  # [CLS] + 4 words + [SEP]: the entity at the end is never seen
     words, tags = ["EU", "call", "call", "call", "call", "German"], ["B-ORG", "O", "O", "O", "O", "B-MISC"]
