@@ -71,7 +71,7 @@ from mtfuse.weighting._state import seeded_generator
 from mtfuse.weighting.aligned_mtl import aligned_mtl
 from mtfuse.weighting.baselines import grad_mean, grad_sum
 from mtfuse.weighting.cagrad import cagrad, cagrad_weights
-from mtfuse.weighting.config import config
+from mtfuse.weighting.conflict_free import config
 from mtfuse.weighting.db_mtl import db_mtl
 from mtfuse.weighting.dualproj import dualproj
 from mtfuse.weighting.excess_mtl import excess_mtl, excess_mtl_init

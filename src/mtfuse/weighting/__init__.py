@@ -9,7 +9,7 @@ from mtfuse.weighting import (  # noqa: F401  (register the methods)
     aligned_mtl,
     baselines,
     cagrad,
-    config,
+    conflict_free,
     db_mtl,
     dualproj,
     dwa,

@@ -2,7 +2,10 @@
 
 ``sum`` gives the same update as the loss-level ``equal`` weighting (sum of the task losses); ``mean`` is it
 divided by the number of tasks (TorchJD's ``Sum`` / ``Mean`` aggregators). Both ignore the tasks'
-``loss_weight`` (use the loss-level ``static`` weighting for fixed weights).
+``loss_weight`` (use the loss-level ``static`` weighting for fixed weights). They are the unitary
+scalarisation every gradient method is compared with (Kurin et al., "In Defense of the Unitary Scalarization
+for Deep Multi-Task Learning", NeurIPS 2022, https://arxiv.org/abs/2201.04122), here at the gradient level
+so that the comparison runs the same joint step.
 """
 
 from __future__ import annotations

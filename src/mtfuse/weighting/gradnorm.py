@@ -96,7 +96,9 @@ class GradNorm(Weighting):
     ) -> None:
         """Each task's gradient of its unweighted loss at the last shared layer, then one weight update."""
         W = last_shared_weight(shared_named)
-        grads = {n: torch.autograd.grad(v, W, retain_graph=True, allow_unused=True)[0] for n, v in losses.items()}
+        grads = {
+            n: torch.autograd.grad(v, W, retain_graph=True, allow_unused=True)[0] for n, v in losses.items()
+        }
         self.gradnorm_step(losses, {n: g if g is not None else torch.zeros_like(W) for n, g in grads.items()})
 
     def gradnorm_step(
