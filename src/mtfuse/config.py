@@ -387,8 +387,13 @@ def load(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = 
         raise ConfigError(f"{p}: config file not found")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}{where}: not valid YAML ({what})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     for o in overrides:

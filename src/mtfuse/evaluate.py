@@ -146,7 +146,7 @@ def evaluate_run(
     if whole_splits and not any(o.strip().startswith("subset.") for o in overrides):
         # the training config's subset was for training; evaluate scores whole splits unless asked
         cfg = cfg.model_copy(update={"subset": cfg.subset.model_copy(update={"train": None, "eval": None})})
-    model, tokenizer = MultiTaskModel.load(run_dir / rundir.MODEL)
+    model, tokenizer = MultiTaskModel.load(run_dir / rundir.MODEL, require_tokenizer=True)
     cfg = cfg.model_copy(update={"tasks": [t for t in cfg.tasks if t.name in model.specs]})
     tasks = prepare_tasks(cfg, tokenizer, [split], vocabs={n: s.labels for n, s in model.specs.items()})
     device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")

@@ -25,7 +25,7 @@ class Predictor:
     def __init__(self, run_dir: str | Path, device: str | None = None, batch_size: int = 64) -> None:
         self.run_dir = Path(run_dir)
         self.cfg: RunConfig = rundir.load_run_config(self.run_dir)
-        self.model, self.tokenizer = MultiTaskModel.load(self.run_dir / rundir.MODEL)
+        self.model, self.tokenizer = MultiTaskModel.load(self.run_dir / rundir.MODEL, require_tokenizer=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
         self.batch_size = batch_size

@@ -321,7 +321,9 @@ class MultiTaskModel(nn.Module):
         _write_atomic(directory / HEADS_JSON, json.dumps(meta, indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: str | Path) -> tuple[MultiTaskModel, PreTrainedTokenizerBase | None]:
+    def load(
+        cls, directory: str | Path, require_tokenizer: bool = False
+    ) -> tuple[MultiTaskModel, PreTrainedTokenizerBase | None]:
         """Read a model directory written by :meth:`save`: ``(model in eval mode, tokenizer or None)``.
 
         The tokenizer is None when the directory holds no tokenizer files. Tensors are read with safetensors
@@ -361,6 +363,10 @@ class MultiTaskModel(nn.Module):
         tokenizer = None
         if any((directory / f).is_file() for f in _TOKENIZER_FILES):
             tokenizer = load_tokenizer(str(directory))
+        elif require_tokenizer:
+            raise MtfuseError(
+                f"{directory}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}); the run directory is incomplete"
+            )
         model.eval()  # as from_pretrained does: dropout off until the caller asks for train()
         return model, tokenizer
 
