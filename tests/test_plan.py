@@ -134,3 +134,8 @@ def test_plan_step_kinds(cfg) -> None:
     assert make_plan(grad).step == STEP_JOINT_GRADIENT
     with pytest.raises(ConfigError, match="choose from"):
         config_mod.load(cfg[0], [*cfg[1], "weighting.method=nope"])
+
+
+def test_data_check_reports_the_plan_and_encoder_checks(cfg) -> None:
+    fails(["data", "check", cfg[0], *cfg[1], "tasks.sst2.max_length=941"], "more than the encoder's 512 positions")
+    fails(["data", "check", cfg[0], *cfg[1], "weighting.method=pcgrad"], "set train.step_mode=joint")

@@ -216,19 +216,25 @@ def data_check(
     that the whole report can still be shown."""
     from mtfuse import config as config_mod
     from mtfuse.model import load_tokenizer
+    from mtfuse.model.encoder import load_encoder_config
+    from mtfuse.plan import check_data, check_encoder, make_plan
     from mtfuse.tasks.prepare import describe_split, prepare_tasks, task_splits
 
-    cfg = config_mod.load(config, overrides or [])
+    cfg = config_mod.load(config, overrides or [])  # the plan step's checks run here
+    check_encoder(cfg, load_encoder_config(cfg.model.name_or_path))  # e.g. max_length past the positions
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     report: dict[str, Any] = {}
+    labels: dict[str, list[str] | None] = {}
     unseen: dict[str, dict[str, list[str]]] = {}
     for tc in cfg.tasks:
         splits = task_splits(tc)
         one = cfg.model_copy(update={"tasks": [tc]})
         task = prepare_tasks(one, tokenizer, splits, unseen=unseen)[tc.name]
         report[tc.name] = {s: describe_split(task, s) for s in splits}
+        labels[tc.name] = task.labels
         for s, labs in unseen.get(tc.name, {}).items():
             report[tc.name][s]["unseen_in_train"] = labs
+    check_data(make_plan(cfg), labels)  # metrics that need the label set (binary F1 on three classes)
     warnings = []
     for tc in cfg.tasks:
         for s, labs in unseen.get(tc.name, {}).items():

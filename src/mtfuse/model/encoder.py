@@ -96,6 +96,17 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def load_encoder_config(name_or_path: str) -> object:
+    """The encoder's Hugging Face config alone (``AutoConfig``: no weights), for checks before loading."""
+    from transformers import AutoConfig
+
+    path = _check_source(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=_offline())
+    except Exception as e:
+        raise _load_error(name_or_path, path, "config", e) from e
+
+
 def _check_source(name_or_path: str) -> str:
     path = resolve_model_path(name_or_path)
     if os.path.isdir(path):
