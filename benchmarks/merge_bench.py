@@ -12,7 +12,7 @@ mergekit's CLI (``mergekit-yaml``, 0.1.5) cannot merge these BERT encoders: plan
 runs it once per invocation and records the error. mergekit is therefore measured through its tensor-level
 API, over the same safetensors files: ``safetensors.torch.load_file`` of the base and the N inputs,
 ``mergekit.merge_methods.merge_state_dicts`` (the same merge method objects its CLI runs), ``save_file`` of
-the result. mtfuse is measured through ``mtfuse.fusion.merging.merge_runs`` (what ``mtfuse merge`` runs:
+the result. mtfuse is measured through ``mtfuse.fusion.merge.driver.merge_runs`` (what ``mtfuse merge`` runs:
 checks, streaming one tensor name at a time, heads, run directory), and end to end as the ``mtfuse merge``
 command (interpreter start-up and imports included).
 
@@ -181,13 +181,15 @@ def measure_in_process(
 
     torch.set_num_threads(threads)
     if tool == "mtfuse":
-        from mtfuse.fusion.merging import merge_runs
+        from mtfuse.fusion.merge.driver import merge_runs
+        from mtfuse.fusion.merge.request import MergeRequest
 
         ours, _ = METHODS[method]
         anon0, hwm0 = _status_mb("self", "RssAnon") or 0.0, _status_mb("self", "VmHWM") or 0.0
         with AnonPeak() as peak:
             t0 = time.perf_counter()
-            merge_runs([Path(r) for r in runs], method, Path(out), dict(ours), base=base, overwrite=True)
+            request = MergeRequest(runs=[Path(r) for r in runs], method=method, params=dict(ours), base=base)
+            merge_runs(request, Path(out), overwrite=True)
             seconds = time.perf_counter() - t0
     else:
         from mergekit.merge_methods import merge_state_dicts

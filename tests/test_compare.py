@@ -13,9 +13,9 @@ from rich.console import Console
 from mtfuse.compare import build_comparison, compare_command, load_entry
 from mtfuse.errors import MtfuseError
 from mtfuse.fusion import ensemble as E
-from mtfuse.fusion.members import load_all
+from mtfuse.fusion.ensemble.members import load_all
 from mtfuse.report import markdown
-from tests.test_ensemble import cls_task, fake_run, no_partial_output, trained_runs
+from tests.helpers.fusion import cls_task, fake_run, no_partial_output, trained_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -58,7 +58,7 @@ def test_compare_puts_every_kind_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     result = compare_command(list(systems.values()), out, latency=0, console=Console(file=buf, width=160))
     assert snapshot(list(systems.values())) == before  # reads only; never retrains or rewrites
-    assert sorted(p.name for p in out.iterdir()) == ["compare.json", "compare.md", "plots"]
+    assert sorted(p.name for p in out.iterdir()) == [".mtfuse.json", "compare.json", "compare.md", "plots"]
     for png in ("scores.png", "score_vs_cost.png"):
         assert (out / "plots" / png).read_bytes()[:8] == PNG
     assert json.loads((out / "compare.json").read_text()) == json.loads(json.dumps(result))
@@ -120,7 +120,9 @@ def test_bad_compare_inputs(tmp_path: Path) -> None:
         compare_command([systems["st_a"]], out, latency=-1)
     no_partial_output(out)
     compare_command([systems["st_a"]], out, latency=0)
-    with pytest.raises(MtfuseError, match="cmp: already exists; pass --overwrite"):
+    with pytest.raises(
+        MtfuseError, match="cmp: already holds an output of `mtfuse compare`; pass --overwrite"
+    ):
         compare_command([systems["st_a"]], out, latency=0)
     compare_command([systems["st_a"], systems["mt"]], out, latency=0, overwrite=True)
     assert len(json.loads((out / "compare.json").read_text())["entries"]) == 2

@@ -341,14 +341,13 @@ def compare_command(
         repeats: timings per task and batch size; the best one counts.
 
     Returns the ``compare.json`` content. Writes ``compare.json``, ``compare.md`` and ``plots/*.png``."""
-    from mtfuse import report
-    from mtfuse.fusion.ensemble import check_output, write_dir_atomic
+    from mtfuse import report, rundir
     from mtfuse.rundir import write_json
 
     output = Path(output)
     if latency < 0:
         raise MtfuseError(f"--latency must be >= 0 (got {latency})")
-    check_output(output, overwrite)
+    rundir.check_output(output, "compare", overwrite)
     entries = [load_entry(p) for p in expand(paths)]
     _unique_names(entries)
     if latency > 0:
@@ -367,12 +366,12 @@ def compare_command(
     md = report.markdown(result)
 
     def fill(tmp: Path) -> None:
-        write_json(tmp / "compare.json", result)
+        write_json(tmp / rundir.COMPARE, result)
         (tmp / "compare.md").write_text(md, encoding="utf-8")
         report.plot_task_bars(result, tmp / "plots" / "scores.png")
         report.plot_score_vs_cost(result, tmp / "plots" / "score_vs_cost.png")
 
-    write_dir_atomic(output, overwrite, fill)
+    rundir.write_dir_atomic(output, "compare", overwrite, fill)
     if console is not None:
         from rich.markdown import Markdown
 

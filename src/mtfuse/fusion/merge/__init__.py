@@ -1,23 +1,39 @@
-"""Parameter-level merging: one file per method, each a pure function over the tensors of one parameter.
+"""Parameter-level merging: one file per method under ``methods/``, each a pure function over the tensors of
+one parameter, all in one registry ``MERGE_METHODS`` (importing this package registers every method)::
 
-``MERGE_METHODS.get(name)`` returns a :class:`MergeMethod` (see ``base.py`` for the contract)::
+    method.merge(tensors, base, params, weights, *, stats=None, generator=None) -> Tensor
 
-    method.merge(tensors, base, params, weights, *, generator=None) -> Tensor
+Tensor-only methods: ``linear`` (model soup), ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``,
+``breadcrumbs``, ``della``, ``slerp``, ``model_stock``. Data-dependent methods declare the statistics they
+need (``needs_stats``): ``fisher``, ``regmean``, ``adamerging``, ``greedy_soup``.
 
-Methods: ``linear`` (model soup), ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``,
-``breadcrumbs``, ``della``, ``slerp``, ``model_stock``. Shared building blocks are in ``primitives.py``.
+One-way imports, bottom to top:
+
+* ``method``: the interface, ``MERGE_METHODS`` and the checks every method shares; ``primitives``: shared
+  building blocks; ``methods/``: the methods;
+* ``inputs``: the runs to merge, read and checked (architecture, tokenizer, tasks, base);
+* ``statistics``: what data-dependent methods take besides the tensors (Fisher, Gram matrices, AdaMerging
+  coefficients), and the scorer of candidate merges;
+* ``request``: ``MergeRequest``, everything a merge is made from (written to ``merge.json``, replayable);
+* ``driver``: the streaming driver (``mtfuse merge``): tensors one name at a time, heads kept, the output
+  directory written through ``mtfuse.rundir``;
+* ``soup`` (greedy soups) and ``search`` (``--search``): searches over merges, built on the driver.
 """
 
-from mtfuse.fusion.merge import (  # noqa: F401  (register the methods)
+from mtfuse.fusion.merge.method import MERGE_METHODS, MergeMethod, get_method, merge_method, tensor_generator
+from mtfuse.fusion.merge.methods import (  # noqa: F401  (register the methods)
+    adamerging,
     breadcrumbs,
     dare,
     della,
+    fisher,
+    greedy_soup,
     linear,
     model_stock,
+    regmean,
     slerp,
     task_arithmetic,
     ties,
 )
-from mtfuse.fusion.merge.base import MERGE_METHODS, MergeMethod, merge_method, tensor_generator
 
-__all__ = ["MERGE_METHODS", "MergeMethod", "merge_method", "tensor_generator"]
+__all__ = ["MERGE_METHODS", "MergeMethod", "get_method", "merge_method", "tensor_generator"]

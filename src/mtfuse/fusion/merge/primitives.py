@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from mtfuse.errors import ConfigError
+
 SignMethod = Literal["sum", "count"]
 
 
@@ -197,3 +199,14 @@ def combine(
             raise ValueError(f"cannot normalise: the weights {w} sum to 0")
         out = out / total
     return out
+
+
+def weighted_mean(tensors: list[Tensor], weights: list[float], method: str) -> Tensor:
+    """sum_i w_i t_i / sum_i w_i: the fallback of the statistics-weighted methods."""
+    total = sum(weights)
+    if total <= 0:
+        raise ConfigError(f"merge method '{method}': the weights {weights} sum to 0; cannot average")
+    out = torch.zeros_like(tensors[0])
+    for w, t in zip(weights, tensors, strict=True):
+        out.add_(t, alpha=w)
+    return out / total

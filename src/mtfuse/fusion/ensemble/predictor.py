@@ -1,0 +1,77 @@
+"""Predict new inputs through an ensemble's members and its saved weights or meta-learner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mtfuse import rundir
+from mtfuse.errors import MtfuseError
+from mtfuse.fusion.ensemble.members import is_ensemble_dir, make_records, read_json, stack_outputs
+from mtfuse.fusion.ensemble.methods import METHODS
+from mtfuse.tasks.types import TASK_TYPES
+
+
+class EnsemblePredictor:
+    """Predict new inputs through every member (``mtfuse.predict.Predictor``, or a nested ensemble) and the
+    ensemble's saved weights or meta-learner (JSON, never pickle)."""
+
+    def __init__(self, ensemble_dir: str | Path, device: str | None = None, batch_size: int = 64) -> None:
+        self.dir = Path(ensemble_dir)
+        if not is_ensemble_dir(self.dir):
+            raise MtfuseError(f"{self.dir}: not an ensemble directory (no {rundir.ENSEMBLE})")
+        self.spec = read_json(self.dir / rundir.ENSEMBLE)
+        self.members = [Path(m["path"]) for m in self.spec["members"]]
+        for p in self.members:
+            if not p.is_dir():
+                raise MtfuseError(f"{self.dir / rundir.ENSEMBLE}: member run directory {p} not found")
+        self.device, self.batch_size = device, batch_size
+        self._predictors: dict[int, Any] = {}
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.spec["tasks"])
+
+    def member(self, i: int) -> Any:
+        if i not in self._predictors:
+            from mtfuse.predict import Predictor
+
+            path = self.members[i]
+            cls = EnsemblePredictor if is_ensemble_dir(path) else Predictor
+            self._predictors[i] = cls(path, device=self.device, batch_size=self.batch_size)
+        return self._predictors[i]
+
+    def predict_rows(self, task: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Records like ``Predictor.predict_rows`` (label / labels / score / tags and probabilities)."""
+        if task not in self.spec["tasks"]:
+            raise MtfuseError(f"unknown task '{task}'; this ensemble has [{', '.join(self.tasks)}]")
+        t = self.spec["tasks"][task]
+        labels = t["labels"]
+        try:
+            tt = TASK_TYPES.get(t["type"])
+        except (KeyError, MtfuseError) as e:
+            raise MtfuseError(f"{self.dir / rundir.ENSEMBLE}: task '{task}': {e}") from None
+        outs = [self.member(i).predict_rows(task, rows) for i in range(len(self.members))]
+        outputs = [
+            [
+                tt.outputs(rec, labels, f"member {self.members[m]}, input row {r + 1}")
+                for r, rec in enumerate(o)
+            ]
+            for m, o in enumerate(outs)
+        ]
+        P, example = stack_outputs(tt, outputs)
+        out = METHODS.get(t["method"]).apply(P, t["params"], tt)
+        recs = make_records(tt, labels, out, example, len(rows))
+        return [tt.complete_record(rec, first) for rec, first in zip(recs, outs[0], strict=True)]
+
+    def predict_file(self, task: str, path: Path) -> list[dict[str, Any]]:
+        from mtfuse.config import DataConfig
+        from mtfuse.predict import INPUT_FORMATS
+        from mtfuse.tasks.readers import READERS
+
+        path = Path(path)
+        fmt = INPUT_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise MtfuseError(f"{path}: unknown input format; use one of {sorted(INPUT_FORMATS)}")
+        rows = READERS.get(fmt).read(DataConfig(format=fmt, files={"test": str(path)}), "test")
+        return self.predict_rows(task, rows)

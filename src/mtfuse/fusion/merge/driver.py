@@ -1,0 +1,325 @@
+"""`mtfuse merge`: merge the encoders of several runs into one multi-head run directory.
+
+The methods (``methods/``) are pure functions over one tensor at a time. This module does the rest, for one
+:class:`~mtfuse.fusion.merge.request.MergeRequest`: checks the inputs (``inputs.py``: same architecture and
+shapes, same tokenizer, no duplicate task) and that each is close to the base it claims to descend from,
+streams tensors from safetensors one name at a time (peak memory: the merged model plus one tensor per
+input), keeps every input's task heads unchanged, and writes a run directory that `evaluate`, `predict` and
+`compare` read like any other, atomically and only over an earlier merge output (``mtfuse.rundir``).
+
+Data-dependent methods declare the statistics they need (``needs_stats``); :func:`merge_runs` computes them
+first (``statistics.py``: one input model in memory at a time, cached as safetensors in a temporary folder)
+and then streams tensors and statistics through the same driver. A method with ``repeated_tasks`` (greedy
+soup) may merge runs of the same task: the merged model keeps one head per task, the one the statistics name
+(``heads`` in merge.json).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mtfuse import rundir
+from mtfuse.config import dump
+from mtfuse.errors import ConfigError, MtfuseError
+from mtfuse.fusion.merge import soup as _soup  # noqa: F401  (registers the greedy soup's statistics)
+from mtfuse.fusion.merge.inputs import TOKENIZER_FILES, MergeInput, MergePlan, plan_merge
+from mtfuse.fusion.merge.method import MergeMethod, tensor_generator
+from mtfuse.fusion.merge.request import MergeRequest
+from mtfuse.fusion.merge.statistics import Stats, StatsContext, compute_stats
+
+
+class _Tensors:
+    """Open safetensors files lazily and read one tensor at a time."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self.stack = stack
+        self.handles: dict[Path, Any] = {}
+
+    def get(self, where: tuple[Path, str]) -> torch.Tensor:
+        path, key = where
+        if path not in self.handles:
+            self.handles[path] = self.stack.enter_context(safe_open(str(path), "pt"))
+        return self.handles[path].get_tensor(key)
+
+
+def merge_state(
+    plan: MergePlan,
+    m: MergeMethod,
+    p: BaseModel,
+    weights: list[float] | None,
+    seed: int = 0,
+    stats: Stats | None = None,
+    sq_diff: list[float] | None = None,
+    sq_base: list[float] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Stream every tensor of the inputs (and base) through ``m``: the merged encoder state dict.
+
+    Peak memory: the merged model plus one tensor (and one statistic) per input. With ``sq_diff`` (one float
+    per input) and ``sq_base`` (one float), accumulates ||theta_i - theta_base||^2 and ||theta_base||^2."""
+    merged: dict[str, torch.Tensor] = {}
+    with ExitStack() as stack:
+        reader = _Tensors(stack)
+        for name in plan.names:
+            tensors = [reader.get(inp.keymap[name]) for inp in plan.inputs]
+            b = reader.get(plan.base_map[name]) if plan.base_map else None
+            if b is not None and b.shape != tensors[0].shape:
+                raise MtfuseError(
+                    f"tensor '{name}': base has shape {list(b.shape)}, inputs {list(tensors[0].shape)}"
+                )
+            if not tensors[0].is_floating_point():  # integer buffers (position ids): must agree, copied as is
+                if any(not torch.equal(t, tensors[0]) for t in tensors[1:]):
+                    raise MtfuseError(f"tensor '{name}': non-float buffer differs between inputs")
+                merged[name] = tensors[0].contiguous()
+                continue
+            if b is not None and sq_diff is not None and sq_base is not None:
+                bf = b.float()
+                sq_base[0] += float(torch.linalg.vector_norm(bf)) ** 2  # one kernel, no temporaries
+                for i, t in enumerate(tensors):
+                    sq_diff[i] += float(torch.dist(t.float(), bf)) ** 2
+            try:
+                if m.needs_stats:
+                    if stats is None:
+                        raise ConfigError(f"merge method '{m.name}' needs its statistics ({m.needs_stats})")
+                    out = m.merge(
+                        tensors,
+                        b,
+                        p,
+                        weights,
+                        stats=stats.tensors(name),
+                        generator=tensor_generator(seed, name),
+                    )
+                else:
+                    out = m.merge(tensors, b, p, weights, generator=tensor_generator(seed, name))
+            except MtfuseError as e:
+                raise type(e)(f"tensor '{name}': {e}") from None
+            merged[name] = out.contiguous()
+    return merged
+
+
+def distances_to_base(plan: MergePlan) -> dict[str, float]:
+    """Relative L2 distance ||theta_i - theta_base|| / ||theta_base|| of each input (empty without a base)."""
+    if not plan.base_map:
+        return {}
+    sq_diff, sq_base = [0.0] * len(plan.inputs), 0.0
+    with ExitStack() as stack:
+        reader = _Tensors(stack)
+        for name in plan.names:
+            b = reader.get(plan.base_map[name])
+            if not b.is_floating_point():
+                continue
+            bf = b.float()
+            sq_base += float(torch.linalg.vector_norm(bf)) ** 2
+            for i, inp in enumerate(plan.inputs):
+                sq_diff[i] += float(torch.dist(reader.get(inp.keymap[name]).float(), bf)) ** 2
+    return _relative(plan, sq_diff, sq_base)
+
+
+def _relative(plan: MergePlan, sq_diff: list[float], sq_base: float) -> dict[str, float]:
+    return {
+        str(inp.run_dir): round((sd**0.5) / max(sq_base**0.5, 1e-12), 6)
+        for inp, sd in zip(plan.inputs, sq_diff, strict=True)
+    }
+
+
+def check_distances(plan: MergePlan, distances: dict[str, float], max_distance: float) -> None:
+    for run, rel in distances.items():
+        if rel > max_distance:
+            raise MtfuseError(
+                f"{run}: its encoder is {rel:.3f} (relative L2) away from the base {plan.base_name}; "
+                f"fine-tuned descendants are usually < 0.1. Wrong base? (raise max_distance to merge anyway)"
+            )
+
+
+def stats_context(
+    plan: MergePlan,
+    m: MergeMethod,
+    p: BaseModel,
+    weights: list[float] | None,
+    seed: int,
+    stack: ExitStack,
+    log: Callable[[str], None],
+) -> StatsContext:
+    """What a statistics function (``statistics.STATS``) may read: inputs, tensors, and the merge itself."""
+    reader = _Tensors(stack)
+    return StatsContext(
+        inputs=plan.inputs,
+        params=p,
+        seed=seed,
+        names=plan.names,
+        read=lambda i, name: reader.get(plan.inputs[i].keymap[name]),
+        read_base=(lambda name: reader.get(plan.base_map[name])) if plan.base_map else None,
+        merge_with=lambda st: merge_state(plan, m, p, weights, seed, st),
+        log=log,
+    )
+
+
+def get_stats(
+    plan: MergePlan,
+    m: MergeMethod,
+    p: BaseModel,
+    weights: list[float] | None,
+    seed: int,
+    log: Callable[[str], None] = lambda msg: None,
+) -> Stats:
+    """Compute the statistics ``m`` needs (close the result, or use it as a context manager)."""
+    with ExitStack() as stack:
+        assert m.needs_stats is not None
+        return compute_stats(m.needs_stats, stats_context(plan, m, p, weights, seed, stack, log))
+
+
+def merge_runs(
+    request: MergeRequest,
+    output: Path,
+    overwrite: bool = False,
+    *,
+    stats: Stats | None = None,
+    extra: dict[str, Any] | None = None,
+    also: Callable[[Path], None] | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict[str, Any]:
+    """Merge the encoders of ``request.runs`` with ``request.method``; write a run directory to ``output``.
+
+    ``output`` must be new, empty or (with ``overwrite``) an earlier merge output: anything else (a training
+    run, a user's files) is refused before any work. Data-dependent methods get their statistics computed
+    here (after the distance check, one input model at a time) unless ``stats`` passes precomputed ones (a
+    search reuses them). ``extra`` is added to the record; ``also(tmp)`` writes more files into the output
+    before it is moved into place. Returns the merge record (also written to ``output/merge.json``, with the
+    resolved request under ``request``)."""
+    t0 = time.perf_counter()
+    output = Path(output)
+    m = request.merge_method()
+    p = m.params(request.params)
+    weights, seed, max_distance = request.weights, request.seed, request.max_distance
+    rundir.check_output(output, "merge", overwrite)  # before anything slow
+    plan = plan_merge(request.runs, m, request.base)
+    inputs = plan.inputs
+
+    own_stats = None
+    if m.needs_stats and stats is None:
+        check_distances(plan, distances_to_base(plan), max_distance)  # before the expensive part
+        stats = own_stats = get_stats(plan, m, p, weights, seed, log)
+    try:
+        sq_diff, sq_base = [0.0] * len(inputs), [0.0]
+        merged = merge_state(plan, m, p, weights, seed, stats, sq_diff, sq_base)
+    finally:
+        if own_stats is not None:
+            own_stats.close()
+    distances = _relative(plan, sq_diff, sq_base[0]) if plan.base_map else {}
+    check_distances(plan, distances, max_distance)
+
+    head_from = stats.head_from if stats is not None else None
+    record: dict[str, Any] = {
+        "method": request.method,
+        "params": p.model_dump(mode="json"),
+        "weights": weights,
+        "base": plan.base_name,
+        "seed": seed,
+        "inputs": [{"run_dir": str(i.run_dir), "tasks": i.tasks} for i in inputs],
+        "distance_to_base": distances,
+        "merge_seconds": None,
+        "request": request.record(plan.base_name),
+    }
+    if stats is not None:
+        record["stats"] = stats.info
+    if head_from is not None:
+        record["heads"] = {t: str(inputs[i].run_dir) for t, i in sorted(head_from.items())}
+    record.update(extra or {})
+
+    def fill(tmp: Path) -> None:
+        _write_merged(tmp, inputs, merged, record, head_from)
+        if also is not None:
+            also(tmp)
+        record["merge_seconds"] = round(time.perf_counter() - t0, 3)
+        rundir.write_json(tmp / rundir.MERGE, record)
+
+    rundir.write_dir_atomic(output, "merge", overwrite, fill)
+    return record
+
+
+def _write_merged(
+    tmp: Path,
+    inputs: list[MergeInput],
+    merged: dict[str, torch.Tensor],
+    record: dict[str, Any],
+    head_from: dict[str, int] | None = None,
+) -> None:
+    """Write the merged run directory's files into ``tmp`` (moved into place by ``rundir``).
+
+    Every input's heads are kept; with ``head_from`` (task -> input index: inputs that share tasks), only the
+    head of that input for each task."""
+    model_dir = tmp / rundir.MODEL
+    model_dir.mkdir(parents=True)
+    first = inputs[0]
+    shutil.copy2(first.model_dir / "config.json", model_dir / "config.json")
+    for f in TOKENIZER_FILES:
+        if (first.model_dir / f).is_file():
+            shutil.copy2(first.model_dir / f, model_dir / f)
+    save_file(merged, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+
+    if head_from is None:
+        head_from = {t: i for i, inp in enumerate(inputs) for t in inp.tasks}
+    heads: dict[str, torch.Tensor] = {}
+    specs: list[dict[str, Any]] = []
+    for i, inp in enumerate(inputs):
+        mine = {t for t in inp.tasks if head_from.get(t) == i}
+        if not mine:
+            continue
+        raw = json.loads((inp.model_dir / rundir.HEADS_JSON).read_text())
+        specs.extend(s for s in raw["heads"] if s["task"] in mine)
+        with safe_open(str(inp.model_dir / rundir.HEADS_WEIGHTS), "pt") as f:
+            for k in f.keys():  # noqa: SIM118
+                if k.split(".", 1)[0] in mine:
+                    heads[k] = f.get_tensor(k)
+    save_file(heads, str(model_dir / rundir.HEADS_WEIGHTS), metadata={"format": "pt"})
+    (model_dir / rundir.HEADS_JSON).write_text(
+        json.dumps({"format_version": 1, "heads": specs}, indent=2) + "\n"
+    )
+
+    configs = [i.run_config for i in inputs if i.run_config is not None]
+    if configs:
+        task_cfgs: dict[str, Any] = {}
+        for t, i in head_from.items():  # each task's config from the run whose head is kept
+            cfg_i = inputs[i].run_config
+            for c in [cfg_i, *configs]:
+                found = next((tc for tc in c.tasks if tc.name == t), None) if c is not None else None
+                if found is not None:
+                    task_cfgs[t] = found
+                    break
+        tasks = [task_cfgs[s["task"]] for s in specs if s["task"] in task_cfgs]
+        cfg = configs[0].model_copy(update={"tasks": tasks})
+        cfg.model.name_or_path = record["base"] or cfg.model.name_or_path
+        (tmp / rundir.CONFIG).write_text(dump(cfg), encoding="utf-8")
+    n_params = sum(t.numel() for t in merged.values() if t.is_floating_point())
+    n_heads = sum(t.numel() for t in heads.values())
+    rundir.write_json(
+        tmp / rundir.RESULTS,
+        {
+            "kind": "merged",
+            "tasks": [s["task"] for s in specs],
+            "merge": {k: v for k, v in record.items() if k != "merge_seconds"},
+            "cost": {
+                "parameters": n_params + n_heads,
+                "encoder_parameters": n_params,
+                "head_parameters": n_heads,
+                "train_seconds": sum(_train_seconds(i.run_dir) for i in inputs),
+            },
+        },
+    )
+
+
+def _train_seconds(run_dir: Path) -> float:
+    p = run_dir / rundir.RESULTS
+    if not p.is_file():
+        return 0.0
+    return float(json.loads(p.read_text()).get("cost", {}).get("train_seconds", 0.0))
