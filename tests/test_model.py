@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import types
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,9 @@ from mtfuse.model import (
     pool,
     resolve_model_path,
 )
+from mtfuse.model.encoder import default_pooling
+from mtfuse.model.heads import build_head
+from mtfuse.tasks.types import TASK_TYPES
 
 SPECS = {
     "sent": HeadSpec("sent", "classification", "classification", 3, "pooler", 0.1, ["a", "b", "c"]),
@@ -327,3 +331,148 @@ def test_load_errors_name_the_file(
     with pytest.raises(MtfuseError, match=message) as info:
         MultiTaskModel.load(broken)
     assert file in str(info.value)
+
+
+# ------------------------------------------------------------------------------ default pooling (issue 15)
+
+
+def _sentence_transformers_dir(root: Path, pooling: dict[str, bool] | str, folder: str = "1_Pooling") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": folder, "type": "sentence_transformers.models.Pooling"},
+    ]
+    (root / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+    (root / folder).mkdir(exist_ok=True)
+    text = pooling if isinstance(pooling, str) else json.dumps({"word_embedding_dimension": 32, **pooling})
+    (root / folder / "config.json").write_text(text, encoding="utf-8")
+    return root
+
+
+def test_default_pooling_of_the_packaged_encoder_is_mean() -> None:
+    """all-MiniLM-L6-v2 was trained with mean pooling (its 1_Pooling/config.json); the pooler is untrained."""
+    assert default_pooling("default") == "mean"
+    assert default_pooling(resolve_model_path("default")) == "mean"
+
+
+@pytest.mark.parametrize(
+    ("pooling", "expected"),
+    [
+        ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False}, "mean"),
+        ({"pooling_mode_mean_sqrt_len_tokens": True}, "mean"),
+        ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, "cls"),
+        ({"pooling_mode_max_tokens": True}, "pooler"),  # no equivalent here
+        ("{not json", "pooler"),
+        ("[1, 2]", "pooler"),
+    ],
+)
+def test_default_pooling_reads_sentence_transformers_files(
+    tmp_path: Path, pooling: dict[str, bool] | str, expected: str
+) -> None:
+    assert default_pooling(str(_sentence_transformers_dir(tmp_path / "st", pooling))) == expected
+
+
+def test_default_pooling_falls_back_to_the_pooler(tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert default_pooling(str(tiny_model_dir)) == "pooler"  # a plain Hugging Face directory
+    assert default_pooling(str(tmp_path / "missing")) == "pooler"
+    assert default_pooling("no-such-org/no-such-model-xyz") == "pooler"  # not in the local hub cache
+    d = _sentence_transformers_dir(tmp_path / "nofolder", {"pooling_mode_cls_token": True})
+    shutil.rmtree(d / "1_Pooling")
+    assert default_pooling(str(d)) == "pooler"
+    (d / "modules.json").write_text(
+        '[{"type": "sentence_transformers.models.Transformer"}]', encoding="utf-8"
+    )
+    assert default_pooling(str(d)) == "pooler"
+
+
+# --------------------------------------------------------------- standardised regression (issue 15)
+
+
+def _hidden(b: int = 6, t: int = 4, h: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, t, h, generator=g), torch.ones(b, t, dtype=torch.long)
+
+
+def test_regression_head_without_statistics_is_unchanged() -> None:
+    """Heads saved before standardisation (no target_mean / target_std) give bit-identical outputs."""
+    hidden, mask = _hidden()
+    torch.manual_seed(3)
+    head = HEADS.get("regression")(16, 1, "mean", 0.0)
+    z = head.classifier(pool(hidden, mask, None, "mean")).squeeze(-1)
+    assert torch.equal(head(hidden, mask, None), z)
+    assert head.loss_kwargs() == {"target_std": 1.0}
+    assert set(head.state_dict()) == {"classifier.weight", "classifier.bias"}  # heads.safetensors layout kept
+
+
+def test_regression_head_answers_in_the_targets_units() -> None:
+    hidden, mask = _hidden()
+    torch.manual_seed(3)
+    plain = HEADS.get("regression")(16, 1, "mean", 0.0)
+    torch.manual_seed(3)
+    head = HEADS.get("regression")(16, 1, "mean", 0.0, 0.02, target_mean=3.2, target_std=1.5)
+    z = plain(hidden, mask, None)
+    out = head(hidden, mask, None)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, 3.2 + 1.5 * z)
+    # a fresh head (weights ~ N(0, 0.02), zero bias) starts at the mean target, not at 0
+    assert float((out.detach() - 3.2).abs().max()) < 0.5
+    assert set(head.state_dict()) == {"classifier.weight", "classifier.bias"}
+    assert "target_mean=3.2" in repr(head)
+
+
+@pytest.mark.parametrize("bad", [{"target_std": 0.0}, {"target_std": -1.0}, {"target_mean": float("nan")}])
+def test_regression_head_rejects_bad_statistics(bad: dict[str, float]) -> None:
+    with pytest.raises(ConfigError, match="target_"):
+        HEADS.get("regression")(16, 1, "mean", 0.0, 0.02, **bad)
+
+
+def test_build_head_reads_the_spec() -> None:
+    old = HeadSpec("score", "regression", "regression", 1, "mean", 0.1)  # a spec without the fields
+    head = build_head(old, 16)
+    assert (head.target_mean, head.target_std) == (0.0, 1.0)
+    new = types.SimpleNamespace(**{**vars(old), "target_mean": 2.0, "target_std": 0.5})
+    head = build_head(new, 16)
+    assert (head.target_mean, head.target_std) == (2.0, 0.5)
+    assert isinstance(build_head(SPECS["sent"], 16), HEADS.get("classification"))
+    assert build_head(SPECS["sent"], 16).loss_kwargs() == {}
+
+
+def test_regression_loss_is_on_the_standardised_scale() -> None:
+    reg = TASK_TYPES.get("regression")
+    y = torch.tensor([1.0, 4.5, 2.0, 3.5, 5.0])
+    stats = reg.head_options(y.tolist())
+    mean, std = stats["target_mean"], stats["target_std"]
+    assert mean == pytest.approx(float(y.mean())) and std == pytest.approx(float(y.std(unbiased=False)))
+    z = torch.tensor([0.1, 0.9, -0.4, 0.2, 1.3], requires_grad=True)
+    loss = reg.loss(mean + std * z, y, target_std=std)
+    ref = torch.nn.functional.mse_loss(z, (y - mean) / std)
+    torch.testing.assert_close(loss, ref)
+    (gz,) = torch.autograd.grad(loss, z)
+    (gref,) = torch.autograd.grad(torch.nn.functional.mse_loss(z, (y - mean) / std), z)
+    torch.testing.assert_close(gz, gref)  # the optimisation sees the standardised problem
+    assert reg.loss(y + 1.0, y) == pytest.approx(1.0)  # default: the plain squared error, as before
+    # degenerate targets: std 1 (no division by zero)
+    assert reg.head_options([2.0, 2.0, 2.0]) == {"target_mean": 2.0, "target_std": 1.0}
+    assert reg.head_options([]) == {"target_mean": 0.0, "target_std": 1.0}
+
+
+def test_standardised_head_fits_large_targets_quickly() -> None:
+    """Targets far from 0 (mean 50, std 10): the standardised head starts at the mean and gets close in a few
+    steps; the plain head, starting at 0, is still far (the collapse issue 15 saw on short runs)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 16, generator=g)
+    y = 50.0 + 10.0 * (x[:, 0, :4].sum(-1) / 2.0)
+    reg = TASK_TYPES.get("regression")
+    mask = torch.ones(64, 1, dtype=torch.long)
+    errors = {}
+    for name, stats in (("plain", {}), ("standardised", reg.head_options(y.tolist()))):
+        torch.manual_seed(0)
+        head = HEADS.get("regression")(16, 1, "mean", 0.0, 0.02, **stats)
+        opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+        for _ in range(30):
+            opt.zero_grad()
+            reg.loss(head(x, mask, None), y, **head.loss_kwargs()).backward()
+            opt.step()
+        with torch.no_grad():
+            errors[name] = float(((head(x, mask, None) - y) ** 2).mean().sqrt())
+    assert errors["standardised"] < 5.0 < 40.0 < errors["plain"]

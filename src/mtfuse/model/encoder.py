@@ -7,6 +7,7 @@ Hugging Face hub name such as ``bert-base-uncased`` (needs a network, or the mod
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -30,6 +31,56 @@ def resolve_model_path(name_or_path: str) -> str:
     if os.path.isdir(os.path.expanduser(name_or_path)):
         return os.path.expanduser(name_or_path)
     return name_or_path
+
+
+def default_pooling(name_or_path: str) -> str:
+    """The pooling a checkpoint was trained with: ``"mean"``, ``"cls"`` or (unknown) ``"pooler"``.
+
+    Sentence-transformers checkpoints (the packaged all-MiniLM-L6-v2 among them) say so in ``modules.json``
+    (its ``sentence_transformers.models.Pooling`` module's folder) and that folder's ``config.json``:
+    ``pooling_mode_mean_tokens`` (or ``pooling_mode_mean_sqrt_len_tokens``, the same direction) -> ``"mean"``,
+    else ``pooling_mode_cls_token`` -> ``"cls"``. Anything else (no such files, another pooling, a file that
+    does not parse) -> ``"pooler"``, Hugging Face's choice for sequence classification. Reads local files only:
+    a directory, or for a hub name the local hub cache (never the network).
+    """
+    modules = _checkpoint_file(name_or_path, "modules.json")
+    if modules is None:
+        return "pooler"
+    try:
+        entries = json.loads(Path(modules).read_text(encoding="utf-8"))
+        folder = next(
+            str(m.get("path", ""))
+            for m in entries
+            if isinstance(m, dict) and str(m.get("type", "")).endswith("models.Pooling")
+        )
+        cfg_path = _checkpoint_file(name_or_path, f"{folder}/config.json" if folder else "config.json")
+        cfg = json.loads(Path(cfg_path).read_text(encoding="utf-8")) if cfg_path else {}
+    except (OSError, ValueError, TypeError, StopIteration, AttributeError):
+        return "pooler"
+    if not isinstance(cfg, dict):
+        return "pooler"
+    if cfg.get("pooling_mode_mean_tokens") or cfg.get("pooling_mode_mean_sqrt_len_tokens"):
+        return "mean"
+    if cfg.get("pooling_mode_cls_token"):
+        return "cls"
+    return "pooler"
+
+
+def _checkpoint_file(name_or_path: str, filename: str) -> str | None:
+    """A file of a local model directory, or of a hub model in the local cache; None when absent."""
+    path = resolve_model_path(name_or_path)
+    if os.path.isdir(path):
+        f = Path(path) / filename
+        return str(f) if f.is_file() else None
+    if _looks_like_path(name_or_path):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(path, filename)
+    except Exception:  # an invalid repo id, an unreadable cache...
+        return None
+    return hit if isinstance(hit, str) and os.path.isfile(hit) else None
 
 
 def _looks_like_path(name: str) -> bool:

@@ -1,10 +1,12 @@
 """Task heads: small modules on top of the shared encoder, one per task, chosen by name from ``HEADS``.
 
-Every head is built as ``cls(hidden_size, num_outputs, pooling, dropout, initializer_range=0.02)`` and called
+Every head is built as ``cls(hidden_size, num_outputs, pooling, dropout, initializer_range=0.02, **extra)``
+(``extra``: what ``cls.spec_kwargs(spec)`` reads from the head spec; :func:`build_head` does both) and called
 as ``head(hidden [B,T,H], attention_mask [B,T], pooler_output [B,H] | None)``:
 
 - ``classification``: pool -> dropout -> Linear(H, K): logits [B, K] (as ``BertForSequenceClassification``)
-- ``regression``: the same with K = 1, squeezed: [B]
+- ``regression``: the same with K = 1, squeezed: [B], in the targets' units (``target_mean + target_std z``:
+  it learns on standardised targets, see :class:`RegressionHead`)
 - ``multilabel``: the same as classification: one logit per label [B, K], for a sigmoid/BCE loss
 - ``token_classification``: dropout -> Linear(H, K) on every position: [B, T, K]
   (as ``BertForTokenClassification``)
@@ -15,6 +17,9 @@ tokens.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -68,6 +73,24 @@ class Head(nn.Module):
     def forward(self, hidden: Tensor, attention_mask: Tensor | None, pooler_output: Tensor | None) -> Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def spec_kwargs(cls, spec: Any) -> dict[str, Any]:
+        """Constructor arguments beyond the common five that this head reads from its spec (none here)."""
+        return {}
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the task type's ``loss(logits, labels, **kwargs)`` (none here)."""
+        return {}
+
+
+def build_head(spec: Any, hidden_size: int, initializer_range: float = 0.02) -> Head:
+    """The head a spec describes (``spec.head``, ``num_outputs``, ``pooling``, ``dropout``, plus what the head
+    class reads from it through ``spec_kwargs``, e.g. a regression head's ``target_mean`` / ``target_std``)."""
+    cls = HEADS.get(spec.head)
+    return cls(
+        hidden_size, spec.num_outputs, spec.pooling, spec.dropout, initializer_range, **cls.spec_kwargs(spec)
+    )
+
 
 HEADS: Registry[type[Head]] = Registry("head")
 
@@ -100,11 +123,52 @@ class MultiLabelHead(ClassificationHead):
 
 @HEADS.register("regression")
 class RegressionHead(ClassificationHead):
-    """One score per sequence: [B] (with num_outputs > 1, one score per target: [B, num_outputs])."""
+    """One score per sequence: [B] (with num_outputs > 1, one score per target: [B, num_outputs]).
+
+    Learns on standardised targets and answers in the original units: the linear layer predicts ``z`` and the
+    head returns ``target_mean + target_std * z`` (in float32), with the train targets' mean and standard
+    deviation (from the head spec; 0 and 1, the identity, for heads saved before they existed). A fresh head
+    (small weights, zero bias) so starts at the mean target instead of 0, and the regression task's loss, divided
+    by ``target_std^2`` (:meth:`loss_kwargs`), is the squared error on the standardised scale: a scale that
+    does not depend on the units of the targets when it is weighed against the other tasks' losses.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_outputs: int,
+        pooling: str,
+        dropout: float,
+        initializer_range: float = 0.02,
+        target_mean: float = 0.0,
+        target_std: float = 1.0,
+    ) -> None:
+        super().__init__(hidden_size, num_outputs, pooling, dropout, initializer_range)
+        mean, std = float(target_mean), float(target_std)
+        if not math.isfinite(mean):
+            raise ConfigError(f"regression head: target_mean must be a finite number, got {target_mean!r}")
+        if not (math.isfinite(std) and std > 0):
+            raise ConfigError(f"regression head: target_std must be a finite number > 0, got {target_std!r}")
+        # plain floats, not buffers: heads.safetensors keeps its layout, and a bf16 encoder does not round them
+        self.target_mean, self.target_std = mean, std
+
+    @classmethod
+    def spec_kwargs(cls, spec: Any) -> dict[str, Any]:
+        mean, std = getattr(spec, "target_mean", None), getattr(spec, "target_std", None)
+        return {"target_mean": 0.0 if mean is None else mean, "target_std": 1.0 if std is None else std}
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        return {"target_std": self.target_std}
 
     def forward(self, hidden: Tensor, attention_mask: Tensor | None, pooler_output: Tensor | None) -> Tensor:
-        out = super().forward(hidden, attention_mask, pooler_output)
-        return out.squeeze(-1) if out.shape[-1] == 1 else out
+        z = super().forward(hidden, attention_mask, pooler_output)
+        z = z.squeeze(-1) if z.shape[-1] == 1 else z
+        if self.target_mean == 0.0 and self.target_std == 1.0:
+            return z  # the identity: bit for bit what heads gave before standardisation
+        return z.float() * self.target_std + self.target_mean
+
+    def extra_repr(self) -> str:
+        return f"target_mean={self.target_mean:g}, target_std={self.target_std:g}"
 
 
 @HEADS.register("token_classification")

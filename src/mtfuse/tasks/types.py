@@ -247,6 +247,13 @@ class PairClassification(Classification):
 
 @register("regression")
 class Regression(TaskType):
+    """A real-valued target per example (e.g. STS-B similarity), scored by correlation.
+
+    Trained on standardised targets: :meth:`head_options` gives the train targets' mean and standard deviation
+    for the head spec, the head answers ``mean + std * z`` (so predictions, records, metrics, ensembles and
+    merges stay in the original units) and :meth:`loss` divides the squared error by ``std^2``.
+    """
+
     name = "regression"
     head = "regression"
     default_metrics = ("pearson", "spearman")
@@ -273,8 +280,23 @@ class Regression(TaskType):
     def collate_labels(self, labels: list[Any], seq_len: int) -> torch.Tensor:
         return torch.tensor(labels, dtype=torch.float32)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(logits.float().view(-1), labels.float().view(-1))
+    def head_options(self, train_labels: Any) -> dict[str, float]:
+        """The train targets' mean and standard deviation, for the head spec (``target_mean``, ``target_std``).
+
+        The regression head learns on ``(y - mean) / std`` and answers in the original units (see
+        ``mtfuse.model.heads.RegressionHead``). A constant (or single) target gives ``std = 1``.
+        """
+        y = np.asarray(train_labels, dtype=np.float64).reshape(-1)
+        if y.size == 0:
+            return {"target_mean": 0.0, "target_std": 1.0}
+        mean, std = float(y.mean()), float(y.std())
+        return {"target_mean": mean, "target_std": std if std > 1e-12 * max(1.0, abs(mean)) else 1.0}
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, target_std: float = 1.0) -> torch.Tensor:
+        """Mean squared error on the standardised scale: ``mean((mu - y)^2) / target_std^2`` (``mu``, ``y`` in the
+        targets' units; ``target_std`` from the head, ``RegressionHead.loss_kwargs``)."""
+        mse = F.mse_loss(logits.float().view(-1), labels.float().view(-1))
+        return mse if target_std == 1.0 else mse / float(target_std) ** 2
 
     def predict(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         v = logits.float().view(-1).cpu().numpy()
