@@ -137,5 +137,28 @@ def test_plan_step_kinds(cfg) -> None:
 
 
 def test_data_check_reports_the_plan_and_encoder_checks(cfg) -> None:
-    fails(["data", "check", cfg[0], *cfg[1], "tasks.sst2.max_length=941"], "more than the encoder's 512 positions")
+    fails(
+        ["data", "check", cfg[0], *cfg[1], "tasks.sst2.max_length=941"],
+        "more than the encoder's 512 positions",
+    )
     fails(["data", "check", cfg[0], *cfg[1], "weighting.method=pcgrad"], "set train.step_mode=joint")
+
+
+def test_pooling_defaults_to_what_the_checkpoint_was_trained_with(cfg) -> None:
+    packaged = config_mod.load(cfg[0], [*cfg[1], "model.name_or_path=default"])
+    assert packaged.model.pooling == "mean"  # a sentence-transformers model trained with mean pooling
+    tiny = config_mod.load(cfg[0], cfg[1])
+    assert tiny.model.pooling == "pooler"  # no sentence-transformers files: the encoder's pooler
+    chosen = config_mod.load(cfg[0], [*cfg[1], "model.name_or_path=default", "model.pooling=cls"])
+    assert chosen.model.pooling == "cls"
+
+
+def test_regression_heads_record_the_train_targets_scale(cfg, tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "run"
+    code, o, e = run_cli(["train", cfg[0], "--output", out, *cfg[1]])
+    assert code == 0, e
+    heads = {h["task"]: h for h in json.loads((out / "model" / "heads.json").read_text())["heads"]}
+    assert "target_mean" not in heads["sst2"]
+    assert 1.0 < heads["stsb"]["target_mean"] < 4.5 and 0.5 < heads["stsb"]["target_std"] < 2.5

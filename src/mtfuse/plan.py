@@ -126,10 +126,9 @@ def make_plan(cfg: RunConfig) -> Plan:
 
 def _default_pooling(name_or_path: str) -> str:
     """The pooling the checkpoint was trained with (sentence-transformers configs say), else the pooler."""
-    from mtfuse.model import encoder
+    from mtfuse.model.encoder import default_pooling
 
-    fn = getattr(encoder, "default_pooling", None)
-    return fn(name_or_path) if fn is not None else "pooler"
+    return default_pooling(name_or_path)
 
 
 def check_encoder(cfg: RunConfig, encoder_config: Any) -> None:

@@ -69,11 +69,15 @@ class HeadSpec:
     dropout: float
     labels: list[str] | None = None
     layer: int | None = None  # the encoder hidden state the head reads (hidden_states index); None: the last
+    # regression: the train targets' mean and standard deviation (the head learns on standardised targets)
+    target_mean: float | None = None
+    target_std: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if out["layer"] is None:  # heads.json stays as it was for heads on the last layer
-            del out["layer"]
+        for key in ("layer", "target_mean", "target_std"):  # heads.json stays as it was where unused
+            if out[key] is None:
+                del out[key]
         return out
 
     @classmethod
@@ -109,7 +113,14 @@ class HeadSpec:
         layer = raw.get("layer")
         if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
             raise MtfuseError(f"{where(source, field='layer')}: expected an integer or null, got {layer!r}")
+        stats = {}
+        for key in ("target_mean", "target_std"):
+            value = raw.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise MtfuseError(f"{where(source, field=key)}: expected a number or null, got {value!r}")
+            stats[key] = None if value is None else float(value)
         return cls(
+            **stats,
             task=raw["task"],
             task_type=raw["task_type"],
             head=raw["head"],

@@ -60,6 +60,10 @@ class TaskType:
         assert vocab is not None
         return len(vocab)
 
+    def head_options(self, train_labels: Any) -> dict[str, Any]:
+        """Head spec fields computed from the encoded train labels (regression: the targets' scale)."""
+        return {}
+
     def metric_fits(self, metric: str) -> bool:
         return metric in self.metrics_allowed
 

@@ -50,6 +50,7 @@ def head_specs(tasks: dict[str, TaskData], cfg: RunConfig, dropout: float) -> di
             dropout=dropout,
             labels=t.labels,
             layer=t.cfg.layer,
+            **t.type.head_options(t.gold["train"]),
         )
         for name, t in tasks.items()
     }

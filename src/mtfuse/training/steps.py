@@ -68,7 +68,12 @@ def task_losses(
     ctx: StepContext, forward: Callable[..., torch.Tensor], batches: Batches
 ) -> dict[str, torch.Tensor]:
     with ctx.acc.autocast():
-        return {n: ctx.tasks[n].type.loss(forward(n, b), b["labels"]) for n, b in batches.items()}
+        return {n: task_loss(ctx, n, forward(n, b), b["labels"]) for n, b in batches.items()}
+
+
+def task_loss(ctx: StepContext, name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The task type's loss, with what its head adds (a regression head's target scale)."""
+    return ctx.tasks[name].type.loss(logits, labels, **ctx.core.heads[name].loss_kwargs())
 
 
 def loss_level_backward(
@@ -117,7 +122,7 @@ def conflict_diagnostics(ctx: StepContext, batch_size: int) -> dict[str, Any]:
         batch = collate(enc, np.arange(min(batch_size, len(enc))), ctx.pad_id, task.type)
         batch = {k: v.to(ctx.acc.device) for k, v in batch.items()}
         with ctx.acc.autocast():
-            losses.append(task.type.loss(core(name, batch), batch["labels"]))
+            losses.append(task_loss(ctx, name, core(name, batch), batch["labels"]))
     cos = cosine_matrix(task_gradient_matrix(losses, ctx.shared))
     core.zero_grad(set_to_none=True)
     core.train(was)
