@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.types import FiniteFloat, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic.types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from mtfuse.errors import ConfigError
 from mtfuse.params import Strict
@@ -67,7 +67,9 @@ class DataConfig(Strict):
         try:
             codecs.lookup(v)
         except LookupError:
-            raise ValueError(f"unknown encoding '{v}' (use a Python codec name such as utf-8 or iso-8859-1)")
+            raise ValueError(
+                f"unknown encoding '{v}' (use a Python codec name such as utf-8 or iso-8859-1)"
+            ) from None
         return v
 
     @field_validator("delimiter")
@@ -103,14 +105,18 @@ class DataConfig(Strict):
     @classmethod
     def _fraction_ok(cls, v: float | None) -> float | None:
         if v is not None and not 0.0 < v < 1.0:
-            raise ValueError(f"dev_from_train must be a fraction of train between 0 and 1 (e.g. 0.1), got {v}")
+            raise ValueError(
+                f"dev_from_train must be a fraction of train between 0 and 1 (e.g. 0.1), got {v}"
+            )
         return v
 
     @model_validator(mode="after")
     def _options_fit(self) -> DataConfig:
         if self.columns is not None:
             if self.header:
-                raise ValueError("columns names the columns of a file without a header row: add header: false")
+                raise ValueError(
+                    "columns names the columns of a file without a header row: add header: false"
+                )
             names = list(self.columns)
             dup = sorted({c for c in names if names.count(c) > 1})
             if dup or not names:
@@ -121,7 +127,9 @@ class DataConfig(Strict):
             if self.files:
                 raise ValueError("give files (one file a split) or field_files (one file a field), not both")
             if self.pattern:
-                raise ValueError("pattern splits the lines of one file; with field_files each file is a field")
+                raise ValueError(
+                    "pattern splits the lines of one file; with field_files each file is a field"
+                )
             missing = [f for f, name in self.field_files.items() if "{split}" not in name]
             if missing:
                 raise ValueError(f"field_files['{missing[0]}'] must contain {{split}} (e.g. {{split}}.txt)")
