@@ -1,0 +1,131 @@
+"""The task-type contract: every registered task type goes through train -> evaluate -> predict -> ensemble ->
+stack -> merge -> compare with a tiny encoder. A new task type must add its synthetic data here (the first
+test fails until it does), and then runs through every command like the others."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mtfuse.tasks.types import TASK_TYPES
+from tests.helpers.cli import run_cli
+
+WORDS = ["good", "bad", "film", "plot", "actor", "London", "Paris", "great", "dull", "scene"]
+
+
+def _sentence(rng: random.Random, n: int = 6) -> list[str]:
+    return [rng.choice(WORDS) for _ in range(n)]
+
+
+def _classification(rng: random.Random) -> dict[str, Any]:
+    s = _sentence(rng)
+    return {"text": " ".join(s), "label": "pos" if s.count("good") >= s.count("bad") else "neg"}
+
+
+def _pair(rng: random.Random) -> dict[str, Any]:
+    a, b = _sentence(rng), _sentence(rng)
+    return {"a": " ".join(a), "b": " ".join(b), "label": "same" if a[0] == b[0] else "other"}
+
+
+def _regression(rng: random.Random) -> dict[str, Any]:
+    s = _sentence(rng)
+    return {"text": " ".join(s), "label": float(s.count("good")) + 0.5 * s.count("great")}
+
+
+def _multilabel(rng: random.Random) -> dict[str, Any]:
+    s = _sentence(rng)
+    labels = [t for t, w in (("people", "actor"), ("places", "London"), ("story", "plot")) if w in s]
+    return {"text": " ".join(s), "label": labels or ["none"]}
+
+
+def _token(rng: random.Random) -> dict[str, Any]:
+    s = _sentence(rng)
+    return {"tokens": s, "tags": ["B-LOC" if w in ("London", "Paris") else "O" for w in s]}
+
+
+#: task type -> (row builder, text_fields, label_field, metrics)
+DATA: dict[str, tuple[Any, list[str], str]] = {
+    "classification": (_classification, ["text"], "label"),
+    "pair_classification": (_pair, ["a", "b"], "label"),
+    "regression": (_regression, ["text"], "label"),
+    "multilabel": (_multilabel, ["text"], "label"),
+    "token_classification": (_token, ["tokens"], "tags"),
+}
+
+
+def test_every_registered_task_type_has_contract_data() -> None:
+    assert set(TASK_TYPES.names()) == set(DATA), "add synthetic data for the new task type to DATA"
+
+
+@pytest.mark.parametrize("ttype", sorted(DATA))
+def test_task_type_through_every_command(tmp_path: Path, tiny_model_dir: Path, ttype: str) -> None:
+    build, text_fields, label_field = DATA[ttype]
+    rng = random.Random(0)
+    files = {}
+    for split, n in (("train", 48), ("dev", 24)):
+        path = tmp_path / f"{split}.jsonl"
+        path.write_text("".join(json.dumps(build(rng)) + "\n" for _ in range(n)), encoding="utf-8")
+        files[split] = str(path)
+    cfg = {
+        "tasks": [
+            {
+                "name": "t",
+                "type": ttype,
+                "data": {"format": "jsonl", "files": files},
+                "text_fields": text_fields,
+                "label_field": label_field,
+            }
+        ],
+        "model": {"name_or_path": str(tiny_model_dir)},
+        "cache_dir": str(tmp_path / "cache"),
+        "train": {"batch_size": 8, "max_steps": 3, "lr": 1e-3, "tensorboard": False, "progress": False},
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+
+    def ok(*argv: object) -> str:
+        code, out, err = run_cli(list(argv))
+        assert code == 0, f"mtfuse {' '.join(map(str, argv))}: exit {code}\n{out}\n{err}"
+        return out
+
+    runs = [tmp_path / "r1", tmp_path / "r2"]
+    for seed, run in enumerate(runs):
+        ok("train", tmp_path / "cfg.yaml", "--output", run, f"train.seed={seed}")
+    ok("evaluate", runs[0], "--split", "dev")
+    metrics = json.loads((runs[0] / "metrics-dev.json").read_text())
+    assert metrics["examples"] == {"t": 24} and set(metrics["tasks"]["t"]) == set(
+        TASK_TYPES.get(ttype).default_metrics
+    )
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(
+        "".join(json.dumps({f: r[f] for f in text_fields}) + "\n" for r in (build(rng), build(rng)))
+    )
+    ok("predict", runs[0], "--task", "t", "--input", inp, "--output", tmp_path / "pred.jsonl")
+    preds = [json.loads(x) for x in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert len(preds) == 2
+
+    ok("ensemble", *runs, "--method", "mean", "--output", tmp_path / "ens")
+    ok("stack", *runs, "--folds", "3", "--output", tmp_path / "stack")
+    ok("merge", *runs, "--method", "greedy_soup", "--output", tmp_path / "merged")  # same task: a soup
+    ok("predict", tmp_path / "ens", "--task", "t", "--input", inp, "--output", tmp_path / "pred-ens.jsonl")
+    ok(
+        "compare",
+        *runs,
+        tmp_path / "ens",
+        tmp_path / "stack",
+        tmp_path / "merged",
+        "--latency",
+        "0",
+        "--output",
+        tmp_path / "cmp",
+    )
+    systems = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert systems  # a comparison was written
+    for d in ("ens", "stack", "merged"):
+        m = json.loads((tmp_path / d / "metrics.json").read_text())
+        assert "t" in m["tasks"], d
