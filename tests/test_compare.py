@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from rich.console import Console
 
+from mtfuse import report
 from mtfuse.compare import build_comparison, compare_command, load_entry
 from mtfuse.errors import MtfuseError
 from mtfuse.fusion import ensemble as E
@@ -65,23 +67,31 @@ def test_compare_puts_every_kind_side_by_side(tmp_path: Path) -> None:
     rows = {r["name"]: r for r in result["entries"]}
     assert [r["kind"] for r in result["entries"]] == ["single-task", "single-task", "multi-task", "ensemble"]
     assert result["tasks"] == ["a", "b"] and result["common_tasks"] == []
-    assert result["reference"]["a"] == {"score": 100.0, "runs": ["st_a"]}
+    assert result["reference"]["a"] == {"score": 100.0, "runs": ["st_a"], "how": "mean"}
+    assert result["reference_method"] == "mean" and result["same_tasks"] is False
     assert rows["st_a"]["normalised"]["a"] == pytest.approx(100.0)
     assert rows["mt"]["normalised"]["b"] == pytest.approx(0.0)  # the multi-task run's b is always wrong
     assert rows["mt"]["delta"]["b"] == pytest.approx(-100.0)
-    assert rows["mt"]["average"] == pytest.approx(50.0) and rows["mt"]["normalised_average"] == pytest.approx(
-        50.0
-    )
+    # no task is common to all systems: no comparable average; each system's own one is kept apart
+    assert rows["mt"]["common_average"] is None and rows["mt"]["normalised_average"] is None
+    assert rows["mt"]["average"] == pytest.approx(50.0) and rows["mt"]["tasks"] == ["a", "b"]
+    assert rows["mt"]["normalised_own_average"] == pytest.approx(50.0)
     assert rows["ens"]["cost"]["parameters"] == 210 and rows["ens"]["cost"]["members"] == 2
     assert rows["ens"]["cost"]["train_seconds"] == pytest.approx(4.0)
     assert rows["mt"]["cost"]["latency_ms_per_example"] == {"b1": None, "b32": None}
     md = (out / "compare.md").read_text()
-    assert "| system | kind | a accuracy | b accuracy | average | average (common tasks) |" in md
-    assert (
-        "## Normalised to single-task (%)" in md and "## Cost" in md and "References: a: 100.00 (st_a)" in md
+    header = (
+        "| system | kind | a accuracy | b accuracy | average (no task is common to all systems) "
+        "| average of own tasks (n/N) |"
     )
-    assert "| mt | multi-task | 100.00 | 0.00 | 50.00 | – |" in md
-    assert "Comparison" in buf.getvalue() and str(out) in buf.getvalue()
+    assert header in md
+    assert "## Normalised to single-task (%)" in md and "## Cost" in md
+    assert "| a | 100.00 | mean | st_a |" in md  # the reference of each task, and the runs it comes from
+    assert "| mt | multi-task | 100.00 | 0.00 | – | 50.00 (2/2) |" in md
+    assert "| st_a | single-task | 100.00 | – | – | 100.00 (1/2) |" in md
+    printed = buf.getvalue()
+    assert "Comparison" in printed and str(out) in printed
+    assert "latency not measured (pass --latency N" in printed
 
 
 def test_results_files_and_folders_of_runs(tmp_path: Path) -> None:
@@ -165,3 +175,130 @@ def test_real_runs_with_latency(runs: dict[str, Path], tmp_path: Path) -> None:
     )
     assert rows["ens"]["notes"] == []
     assert (tmp_path / "cmp" / "plots" / "score_vs_cost.png").read_bytes()[:8] == PNG
+
+
+# ------------------------------------------------------------------- reading rules (issue 15 section 7)
+
+
+def _entry(name: str, kind: str, scores: dict[str, float], **cost: Any) -> Any:
+    from mtfuse.compare import Entry
+
+    return Entry(name, Path(name), kind, {t: {"accuracy": v} for t, v in scores.items()}, dict(cost))
+
+
+def _systems() -> list[Any]:
+    return [
+        _entry("st_a1", "single-task", {"a": 80.0}, parameters=100),
+        _entry("st_a2", "single-task", {"a": 100.0}, parameters=100),
+        _entry("st_b", "single-task", {"b": 50.0}, parameters=100),
+        _entry("mt", "multi-task", {"a": 90.0, "b": 40.0}, parameters=110),
+        _entry("mt_a", "multi-task", {"a": 85.0}, parameters=110),
+    ]
+
+
+def test_averages_over_different_task_sets_are_never_mixed() -> None:
+    entries = _systems()
+    cmp = build_comparison(entries[3:])  # mt (a, b) and mt_a (a): common task a
+    rows = {r["name"]: r for r in cmp["entries"]}
+    assert cmp["common_tasks"] == ["a"] and cmp["same_tasks"] is False
+    assert rows["mt"]["common_average"] == 90.0 and rows["mt"]["average"] == 65.0  # own tasks, kept apart
+    md = markdown(cmp)
+    assert "| system | kind | a accuracy | b accuracy | average (a) | average of own tasks (n/N) |" in md
+    assert "| mt | multi-task | 90.00 | 40.00 | 90.00 | 65.00 (2/2) |" in md
+    text = report.terminal(cmp)
+    assert "avg common" in text and "avg own (n/N)" in text and "over the tasks every system has (a)" in text
+    # the figure: the common-task average, then one row per task (the systems' tasks differ)
+    assert report.score_cost_rows(cmp) == [("average score over a", None), ("a score", "a"), ("b score", "b")]
+    same = build_comparison(
+        [_entry("x", "multi-task", {"a": 1.0, "b": 2.0}), _entry("y", "merged", {"a": 3.0, "b": 4.0})]
+    )
+    assert (
+        same["same_tasks"] is True
+        and "own tasks" not in markdown(same)
+        and "avg own" not in report.terminal(same)
+    )
+    assert "| system | kind | a accuracy | b accuracy | average (all tasks) |" in markdown(same)
+    assert report.score_cost_rows(same) == [("average score over all tasks", None)]
+
+
+def test_normalisation_names_its_reference() -> None:
+    mean = build_comparison(_systems())
+    best = build_comparison(_systems(), reference="best")
+    assert mean["reference"]["a"] == {"score": 90.0, "runs": ["st_a1", "st_a2"], "how": "mean"}
+    assert best["reference"]["a"] == {"score": 100.0, "runs": ["st_a2"], "how": "best"}
+    rows = {r["name"]: r for r in best["entries"]}
+    assert rows["mt"]["normalised"] == {"a": pytest.approx(90.0), "b": pytest.approx(80.0)}
+    assert "### References (best single-task run per task)" in markdown(best)
+    assert "| a | 100.00 | best | st_a2 |" in markdown(best)
+    assert "a = 90.00 (mean of st_a1, st_a2)" in report.terminal(mean, width=200)
+    with pytest.raises(MtfuseError, match="unknown reference 'median'"):
+        build_comparison(_systems(), reference="median")
+
+
+def test_compare_refuses_an_unknown_reference(tmp_path: Path) -> None:
+    systems = fake_systems(tmp_path)
+    with pytest.raises(MtfuseError, match="--reference must be one of mean, best"):
+        compare_command([systems["st_a"]], tmp_path / "cmp", reference="median")
+    no_partial_output(tmp_path / "cmp")
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_terminal_tables_fit_the_width(width: int) -> None:
+    tasks = [f"task_with_a_long_name_{i}" for i in range(12)]
+    entries = [
+        _entry(
+            f"a-very-long-system-name-number-{i}-of-many",
+            kind,
+            {t: 10.0 * i + j for j, t in enumerate(tasks)},
+        )
+        for i, kind in enumerate(["single-task", "multi-task", "merged", "ensemble", "stack", "multi-task"])
+    ]
+    entries.append(
+        _entry("partial", "multi-task", {tasks[0]: 55.5}, parameters=3_000_000, train_seconds=12.5)
+    )
+    text = report.terminal(build_comparison(entries), width=width)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= width, max(lines, key=len)
+    assert "Task scores (1/" in text  # the task columns are split over several tables
+    for e in entries:  # every system appears in every chunk of every table
+        short = e.name if len(e.name) <= 20 else e.name[:19]
+        assert text.count(short) >= 3
+    assert "3.0M" in text and "12.5" in text
+
+
+def test_terminal_output_of_compare_fits_80_columns(tmp_path: Path) -> None:
+    systems = fake_systems(tmp_path)
+    buf = StringIO()
+    compare_command(list(systems.values()), tmp_path / "cmp", console=Console(file=buf, width=80))
+    assert max(len(x) for x in buf.getvalue().splitlines()) <= 80
+
+
+@pytest.mark.parametrize("n", [1, 5, 10, 11, 20, 21, 40, 100])
+def test_every_system_gets_its_own_colour(n: int) -> None:
+    colours = report.system_colours(n)
+    assert len(colours) == n
+    assert len({tuple(round(c, 3) for c in rgb) for rgb in colours}) == n
+
+
+def test_plots_with_many_systems_and_disjoint_tasks(tmp_path: Path) -> None:
+    entries = [
+        _entry(
+            f"s{i}",
+            ["single-task", "multi-task", "merged"][i % 3],
+            {f"t{i % 4}": float(i)},
+            parameters=10 + i,
+        )
+        for i in range(25)
+    ]
+    cmp = build_comparison(entries)
+    assert cmp["common_tasks"] == []
+    assert sorted(task for _, task in report.score_cost_rows(cmp)) == ["t0", "t1", "t2", "t3"]
+    report.plot_task_bars(cmp, tmp_path / "bars.png")
+    report.plot_score_vs_cost(cmp, tmp_path / "cost.png")
+    assert (tmp_path / "bars.png").read_bytes()[:8] == PNG and (tmp_path / "cost.png").read_bytes()[:8] == PNG
+
+
+def test_latency_is_not_measured_by_default() -> None:
+    import inspect
+
+    assert inspect.signature(compare_command).parameters["latency"].default == 0

@@ -5,19 +5,21 @@ and on average it puts together:
 
 * the benchmark's own metrics (``metrics.json`` of each run; out-of-fold dev metrics for ensembles and
   stacks, see their ``ensemble.json`` protocol) and the task score (the mean of its metrics, GLUE-style);
-  the average over each entry's tasks, and over the tasks every entry has (comparable across entries);
+  the average over the tasks every entry has (the only average compared across entries), and apart from it,
+  labelled with its tasks, each entry's average over its own tasks;
 * the score normalised to the single-task runs: ``100 * score / reference``, where the reference of a task is
-  the mean task score of the compared single-task runs of that task (none, or a reference <= 0: no ratio),
-  and the difference ``score - reference``;
+  the mean (``reference="mean"``) or the best (``"best"``) task score of the compared single-task runs of that
+  task, named in the tables (none, or a reference <= 0: no ratio), and the difference ``score - reference``;
 * the cost: parameters, training time and peak training memory (``results.json``; an ensemble's are the sums
-  of its members'), and the inference latency per example, measured here with ``mtfuse.predict.Predictor`` on
+  of its members'), and, only when asked (``latency > 0``: it loads every model), the inference latency per
+  example, measured here with ``mtfuse.predict.Predictor`` on
   the first ``latency`` dev inputs of each task at batch size 1 and 32 (model loading and a warm-up call are
   not timed; the best of 3 timings; an ensemble's latency is the sum of its members'). Latency depends on
   the machine and its load, and on torch's thread settings (``torch.set_num_threads``): compare systems
   measured in the same session.
 
 Writes ``compare.json``, ``compare.md`` and ``plots/scores.png`` (per-task bars) and
-``plots/score_vs_cost.png`` into a new directory, atomically.
+``plots/score_vs_cost.png`` into a new directory, atomically, and prints the tables at the console's width.
 """
 
 from __future__ import annotations
@@ -233,8 +235,39 @@ def _mean(xs: list[float]) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
-def build_comparison(entries: list[Entry]) -> dict[str, Any]:
-    """The comparison as JSON-ready data: tasks, references, and per entry scores, normalised scores, cost."""
+REFERENCES = ("mean", "best")
+
+
+def _references(entries: list[Entry], tasks: list[str], how: str) -> dict[str, Any]:
+    """Per task, the single-task score that normalises it: the mean of the single-task runs of that task, or
+    the best of them; with the runs it comes from."""
+    out: dict[str, Any] = {}
+    for t in tasks:
+        singles = [(e.name, e.scores()[t]) for e in entries if e.kind == "single-task" and t in e.metrics]
+        if not singles:
+            continue
+        if how == "best":
+            name, score = max(singles, key=lambda x: x[1])
+            out[t] = {"score": float(score), "runs": [name], "how": "best"}
+        else:
+            out[t] = {
+                "score": float(np.mean([s for _, s in singles])),
+                "runs": [n for n, _ in singles],
+                "how": "mean",
+            }
+    return out
+
+
+def build_comparison(entries: list[Entry], reference: str = "mean") -> dict[str, Any]:
+    """The comparison as JSON-ready data: tasks, references, and per entry scores, normalised scores, cost.
+
+    ``reference``: ``"mean"`` (default) or ``"best"``: each task is normalised to the mean, or the best, task
+    score of the compared single-task runs of that task. Averages that are compared across entries are over
+    the tasks every entry has (``common_tasks``); an entry's average over its own tasks is kept apart
+    (``average``, with ``tasks``) and is only comparable between entries with the same tasks.
+    """
+    if reference not in REFERENCES:
+        raise MtfuseError(f"unknown reference '{reference}'; choose from [{', '.join(REFERENCES)}]")
     order = {k: i for i, k in enumerate(KIND_ORDER)}
     entries = sorted(entries, key=lambda e: order.get(e.kind, len(order)))
     tasks: list[str] = []
@@ -246,14 +279,7 @@ def build_comparison(entries: list[Entry]) -> dict[str, Any]:
             for m in ms:
                 if m not in metric_names.setdefault(t, []):
                     metric_names[t].append(m)
-    reference: dict[str, Any] = {}
-    for t in tasks:
-        singles = [e for e in entries if e.kind == "single-task" and t in e.metrics]
-        if singles:
-            reference[t] = {
-                "score": float(np.mean([e.scores()[t] for e in singles])),
-                "runs": [e.name for e in singles],
-            }
+    refs = _references(entries, tasks, reference)
     common = [t for t in tasks if all(t in e.metrics for e in entries)]
     rows = []
     for e in entries:
@@ -261,9 +287,10 @@ def build_comparison(entries: list[Entry]) -> dict[str, Any]:
         normalised: dict[str, float | None] = {}
         delta: dict[str, float | None] = {}
         for t, s in scores.items():
-            ref = reference.get(t, {}).get("score")
+            ref = refs.get(t, {}).get("score")
             delta[t] = None if ref is None else s - ref
             normalised[t] = None if ref is None or ref <= 0 else 100.0 * s / ref
+        common_normalised = [normalised[t] for t in common]
         lat = e.latency
         cost = {
             "parameters": e.cost.get("parameters"),
@@ -285,33 +312,44 @@ def build_comparison(entries: list[Entry]) -> dict[str, Any]:
                 "kind": e.kind,
                 "path": str(e.path),
                 "members": [str(m) for m in e.members],
+                "tasks": [t for t in tasks if t in scores],
                 "metrics": e.metrics,
                 "task_scores": scores,
                 "average": _mean(list(scores.values())),
                 "common_average": _mean([scores[t] for t in common]),
                 "normalised": normalised,
-                "normalised_average": _mean([v for v in normalised.values() if v is not None]),
+                "normalised_average": None
+                if not common or any(v is None for v in common_normalised)
+                else _mean([v for v in common_normalised if v is not None]),
+                "normalised_own_average": _mean([v for v in normalised.values() if v is not None]),
                 "delta": delta,
                 "cost": cost,
                 "notes": e.notes,
             }
         )
+    how = "the best" if reference == "best" else "the mean"
     return {
-        "format_version": 1,
+        "format_version": 2,
         "split": "dev",
         "tasks": tasks,
         "metrics": metric_names,
         "common_tasks": common,
-        "reference": reference,
+        "same_tasks": all(r["tasks"] == tasks for r in rows),
+        "reference_method": reference,
+        "reference": refs,
         "definitions": {
             "task_score": "mean of the task's metrics (0-100)",
-            "average": "mean task score over the tasks the entry has",
             "common_average": "mean task score over the tasks every entry has (comparable across entries)",
-            "normalised": "100 * task score / reference; reference = mean task score of the single-task runs "
+            "average": "mean task score over the entry's own tasks ('tasks'): comparable only between entries "
+            "with the same tasks",
+            "normalised": f"100 * task score / reference; reference = {how} task score of the single-task runs "
             "of that task (none, or a reference <= 0: null)",
+            "normalised_average": "mean normalised score over the common tasks (null unless every common task "
+            "has a reference)",
+            "normalised_own_average": "mean normalised score over the entry's own tasks that have a reference",
             "delta": "task score - reference",
             "latency": "ms per example of Predictor.predict_rows on the first dev inputs, batch 1 and 32; "
-            "ensembles: the sum of their members'",
+            "ensembles: the sum of their members'; measured only with --latency N",
             "cost": "parameters, train_seconds and peak_memory_mb (training) from results.json; ensembles: "
             "the sum of their members'",
             "ensembles": "ensemble and stack scores are out-of-fold on the dev split (see ensemble.json)",
@@ -323,22 +361,25 @@ def build_comparison(entries: list[Entry]) -> dict[str, Any]:
 def compare_command(
     paths: Sequence[str | Path],
     output: str | Path,
-    latency: int = 32,
+    latency: int = 0,
     overwrite: bool = False,
     device: str | None = None,
     console: Any = None,
     repeats: int = 3,
+    reference: str = "mean",
 ) -> dict[str, Any]:
     """``mtfuse compare PATH... --output DIR``: put runs, ensembles, stacks and merged models side by side.
 
     Args:
         paths: run directories, ensemble / stack directories, results JSON files, or folders holding them.
         output: the directory to write (refused if it exists, unless ``overwrite`` and it holds a comparison).
-        latency: dev inputs per task to time inference on (batch 1 and 32); 0 skips the measurement.
+        latency: dev inputs per task to time inference on (batch 1 and 32); 0 (the default) skips the
+            measurement, which loads every model: comparing is then a matter of reading JSON files.
         overwrite: replace an existing comparison directory.
         device: the device the latency is measured on (default: CUDA when available, else CPU).
         console: a ``rich`` console to print the tables on (None: print nothing).
         repeats: timings per task and batch size; the best one counts.
+        reference: normalise each task to the ``"mean"`` or the ``"best"`` of its single-task runs.
 
     Returns the ``compare.json`` content. Writes ``compare.json``, ``compare.md`` and ``plots/*.png``."""
     from mtfuse import report, rundir
@@ -347,6 +388,8 @@ def compare_command(
     output = Path(output)
     if latency < 0:
         raise MtfuseError(f"--latency must be >= 0 (got {latency})")
+    if reference not in REFERENCES:
+        raise MtfuseError(f"--reference must be one of {', '.join(REFERENCES)} (got {reference!r})")
     rundir.check_output(output, "compare", overwrite)
     entries = [load_entry(p) for p in expand(paths)]
     _unique_names(entries)
@@ -362,7 +405,7 @@ def compare_command(
                     "no dev inputs",
                 )
                 e.notes.append(f"latency not measured: {why}")
-    result = build_comparison(entries)
+    result = build_comparison(entries, reference)
     md = report.markdown(result)
 
     def fill(tmp: Path) -> None:
@@ -372,10 +415,13 @@ def compare_command(
         report.plot_score_vs_cost(result, tmp / "plots" / "score_vs_cost.png")
 
     rundir.write_dir_atomic(output, "compare", overwrite, fill)
-    if console is not None:
-        from rich.markdown import Markdown
-
-        console.print(Markdown(md))
+    if console is not None:  # plain fixed-width tables, split to fit the terminal (80 columns and up)
+        text = report.terminal(result, width=max(int(getattr(console, "width", 80) or 80), 40))
+        console.print(text, markup=False, highlight=False)
+        if latency == 0:
+            console.print(
+                "latency not measured (pass --latency N to time N dev inputs per task)", highlight=False
+            )
         for row in result["entries"]:
             for note in row["notes"]:
                 console.print(f"warning: {row['name']}: {note}", highlight=False)
