@@ -41,6 +41,11 @@ class TaskType:
         """The label strings a row carries (one for classification, several for multi-label / token)."""
         if value is None or (isinstance(value, str) and not value.strip()):
             raise DataError(f"{where} (field '{field}'): empty label")
+        if isinstance(value, (list, tuple, dict, np.ndarray)):
+            raise DataError(
+                f"{where} (field '{field}'): expected one label, got a {type(value).__name__} "
+                f"({str(value)[:60]}); a task with several labels per example is type 'multilabel'"
+            )
         return [str(value).strip()]
 
     def vocab(self, train_rows: list[dict], field: str, fixed: list[str] | None) -> list[str] | None:
