@@ -12,11 +12,10 @@ and on average it puts together:
   task, named in the tables (none, or a reference <= 0: no ratio), and the difference ``score - reference``;
 * the cost: parameters, training time and peak training memory (``results.json``; an ensemble's are the sums
   of its members'), and, only when asked (``latency > 0``: it loads every model), the inference latency per
-  example, measured here with ``mtfuse.predict.Predictor`` on
-  the first ``latency`` dev inputs of each task at batch size 1 and 32 (model loading and a warm-up call are
-  not timed; the best of 3 timings; an ensemble's latency is the sum of its members'). Latency depends on
-  the machine and its load, and on torch's thread settings (``torch.set_num_threads``): compare systems
-  measured in the same session.
+  example, measured here with ``mtfuse.predict.Predictor`` on the first ``latency`` dev inputs of each task
+  at batch size 1 and 32 (model loading and a warm-up call are not timed; the best of 3 timings; an
+  ensemble's latency is the sum of its members'). Latency depends on the machine and its load, and on
+  torch's thread settings (``torch.set_num_threads``): compare systems measured in the same session.
 
 Writes ``compare.json``, ``compare.md`` and ``plots/scores.png`` (per-task bars) and
 ``plots/score_vs_cost.png`` into a new directory, atomically, and prints the tables at the console's width.
