@@ -219,9 +219,10 @@ def worker(setup_path: Path, method: str, result_path: Path) -> None:
     """One method in this (fresh) process: build, warm up, time, measure memory, compare with LibMTL."""
     import torch
 
-    from mtfuse.config import WeightingConfig, params_check
+    from mtfuse.config import WeightingConfig
     from mtfuse.gradients import last_shared_weight, task_gradient_matrix, write_gradient
     from mtfuse.model import MultiTaskModel, load_encoder
+    from mtfuse.params import params_check
     from mtfuse.tasks.types import TASK_TYPES
     from mtfuse.training.setup import build_optimizer, lr_lambda, shared_named_parameters
     from mtfuse.weighting import WEIGHTINGS

@@ -162,3 +162,9 @@ def test_regression_heads_record_the_train_targets_scale(cfg, tmp_path: Path) ->
     heads = {h["task"]: h for h in json.loads((out / "model" / "heads.json").read_text())["heads"]}
     assert "target_mean" not in heads["sst2"]
     assert 1.0 < heads["stsb"]["target_mean"] < 4.5 and 0.5 < heads["stsb"]["target_std"] < 2.5
+    from mtfuse.model import MultiTaskModel
+
+    model, _ = MultiTaskModel.load(out / "model")  # the loaded head answers on the targets' scale
+    head = model.heads["stsb"]
+    assert head.target_mean == heads["stsb"]["target_mean"] and head.target_std == heads["stsb"]["target_std"]
+    assert model.heads["stsb"].loss_kwargs() == {"target_std": heads["stsb"]["target_std"]}

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from mtfuse.config import SamplingConfig, params_check
+from mtfuse.config import SamplingConfig
 from mtfuse.errors import ConfigError
+from mtfuse.params import params_check
 from mtfuse.sampling import SAMPLERS, AnnealedSampler, TaskSampler
 
 SIZES = {"cola": 8500, "mrpc": 3700, "rte": 2500, "wnli": 600}

@@ -44,7 +44,7 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from mtfuse.errors import MtfuseError, where
 from mtfuse.model.encoder import load_tokenizer
-from mtfuse.model.heads import HEADS
+from mtfuse.model.heads import build_head
 from mtfuse.model.sharing import SHARING_JSON, SHARING_WEIGHTS, Sharing, build_sharing
 from mtfuse.model.sharing.adapters import ADAPTERS_DIR
 
@@ -442,9 +442,7 @@ def _new_heads(encoder: PreTrainedModel, specs: Mapping[str, HeadSpec]) -> nn.Mo
     init_range = float(getattr(config, "initializer_range", 0.02))
     heads = nn.ModuleDict()
     for task, spec in specs.items():
-        head = HEADS.get(spec.head)(
-            config.hidden_size, spec.num_outputs, spec.pooling, spec.dropout, init_range
-        )
+        head = build_head(spec, config.hidden_size, init_range)  # with what the head reads from its spec
         try:
             heads[task] = head
         except KeyError as e:  # '.' in the name, or a ModuleDict attribute such as 'update' or 'keys'
