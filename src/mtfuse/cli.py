@@ -193,15 +193,20 @@ def compare(
     ),
     output: Path = typer.Option(..., "--output", "-o", help="directory for compare.json, compare.md, plots/"),
     latency: int = typer.Option(
-        32, help="dev inputs per task to time inference on (batch 1 and 32); 0: skip"
+        0, help="time inference on this many dev inputs per task (batch 1 and 32); 0 (default): skip"
     ),
     device: str = typer.Option(None, help="device for the latency measurement (default: cuda if available)"),
+    reference: str = typer.Option(
+        "mean", help="normalise each task to the mean or the best of its single-task runs (mean|best)"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing comparison directory"),
 ) -> None:
     """Single-task runs, multi-task runs, ensembles, stacks and merged models side by side (never retrains)."""
     from mtfuse.compare import compare_command
 
-    compare_command(paths, output, latency, overwrite, device, console)
+    if reference not in ("mean", "best"):
+        raise MtfuseError(f"--reference '{reference}': choose from [best, mean]")
+    compare_command(paths, output, latency, overwrite, device, console, reference=reference)
 
 
 @data_app.command("check")
