@@ -134,7 +134,8 @@ SAMPLERS: Registry[type[TaskSampler]] = Registry("sampler")
 
 @SAMPLERS.register("uniform")
 class UniformSampler(TaskSampler):
-    """``p_t = 1 / K``: every task equally often, whatever its size."""
+    """``p_t = 1 / K``: every task equally often, whatever its size (the T -> infinity end of temperature
+    sampling, Arivazhagan et al. 2019, arXiv:1907.05019)."""
 
     name = "uniform"
 
@@ -144,7 +145,8 @@ class UniformSampler(TaskSampler):
 
 @SAMPLERS.register("proportional")
 class ProportionalSampler(TaskSampler):
-    """``p_t = N_t / sum_j N_j``: examples-proportional mixing (every example seen about equally often)."""
+    """``p_t = N_t / sum_j N_j``: examples-proportional mixing (every example seen about equally often;
+    Raffel et al., JMLR 2020, T5 section 3.5.2)."""
 
     name = "proportional"
 
@@ -204,7 +206,8 @@ class AnnealedSampler(TaskSampler):
 
 @SAMPLERS.register("round_robin")
 class RoundRobinSampler(TaskSampler):
-    """Deterministic cycle through the tasks in config order: step ``s`` goes to task ``s mod K``."""
+    """Deterministic cycle through the tasks in config order: step ``s`` goes to task ``s mod K`` (round-robin
+    batch-level sampling, McCann et al. 2018, decaNLP, arXiv:1806.08730)."""
 
     name = "round_robin"
 

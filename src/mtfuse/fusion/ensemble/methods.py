@@ -61,22 +61,29 @@ def _apply_weights(P: np.ndarray, params: dict[str, Any], task_type: TaskType) -
 
 
 def _apply_vote(P: np.ndarray, params: dict[str, Any], task_type: TaskType) -> np.ndarray:
+    """Majority vote of the members' decisions (the majority rule of Kittler et al., TPAMI 1998)."""
     return majority_vote(P, task_type.votes)
 
 
 def _fit_uniform(ta: TaskArrays, o: TuningOptions) -> dict[str, Any]:
+    """Equal weights: the mean (sum) rule of Kittler et al., TPAMI 1998; averaging as in Dietterich 2000."""
     return {"weights": uniform(ta.n_members).tolist()}
 
 
 def _fit_nll(ta: TaskArrays, o: TuningOptions) -> dict[str, Any]:
+    """Simplex weights minimising held-out NLL: a linear stacked combiner constrained to be a convex
+    combination (Breiman 1996, "Stacked regressions")."""
     return {"weights": tune_weights_nll(ta.P, ta.y, ta.type).tolist()}
 
 
 def _fit_metric(ta: TaskArrays, o: TuningOptions) -> dict[str, Any]:
+    """Simplex weights maximising the task's own dev metric by seeded random search (the weighted-average
+    baseline of Caruana et al., ICML 2004)."""
     return {"weights": tune_weights_metric(ta.P, ta.task_score, o.n_samples, o.seed).tolist()}
 
 
 def _fit_caruana(ta: TaskArrays, o: TuningOptions) -> dict[str, Any]:
+    """Greedy forward selection with replacement from the library (Caruana et al., ICML 2004)."""
     w, hist = caruana_selection(ta.P, ta.task_score, o.n_iter, lambda out: nll(out, ta.y, ta.type))
     return {"weights": w.tolist(), "history": hist}
 

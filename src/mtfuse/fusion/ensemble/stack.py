@@ -1,4 +1,5 @@
-"""Stacking: a meta-learner on the members' dev probabilities, tuned and scored like every ensemble method.
+"""Stacking (stacked generalisation, Wolpert 1992): a meta-learner on the members' dev probabilities, tuned and
+scored like every ensemble method.
 
 The members' dev predictions are already held out from their own training, so they are the meta-learner's
 training inputs; ``mtfuse.fusion.ensemble.protocol.kfold_oof`` fits the meta-learner on k-1 folds of the dev split
