@@ -10,7 +10,7 @@ from mtfuse.config import DataConfig
 from mtfuse.errors import ConfigError, DataError
 from mtfuse.tasks.readers import READERS, Reader, read_split
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = Path(__file__).parents[2].parent / "shared" / "data"
 GLUE = DATA / "glue"
 CONLL = DATA / "conll2003"
 
