@@ -1,0 +1,19 @@
+"""Task types, one file each; importing this package registers every one of them in ``TASK_TYPES``."""
+
+from mtfuse.tasks.types.base import IGNORE_INDEX, TASK_TYPES, TaskType, register
+from mtfuse.tasks.types.classification import Classification, PairClassification
+from mtfuse.tasks.types.multilabel import MultiLabel
+from mtfuse.tasks.types.regression import Regression
+from mtfuse.tasks.types.token import TokenClassification
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TASK_TYPES",
+    "Classification",
+    "MultiLabel",
+    "PairClassification",
+    "Regression",
+    "TaskType",
+    "TokenClassification",
+    "register",
+]

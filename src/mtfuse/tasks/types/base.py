@@ -1,0 +1,235 @@
+"""The task-type contract and its registry: what every task type provides (reading and checking labels, its
+head, loss, predictions, prediction records, metric inputs, and what fusion needs: decisions, NLL, alignment,
+votes, Fisher log-likelihood, AdaMerging entropy), with the shared defaults of single-label classification.
+
+A new task type is one file in this folder with a ``@register("name")`` subclass, plus its import in
+``__init__.py``; nothing outside ``tasks/`` asks for a type by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mtfuse.errors import DataError
+from mtfuse.registry import Registry
+
+TASK_TYPES: Registry[TaskType] = Registry("task type")  # holds one instance per type
+IGNORE_INDEX = -100  # positions without a label (padding, non-first sub-words)
+
+
+def register(name: str):
+    def deco(cls: type[TaskType]) -> type[TaskType]:
+        TASK_TYPES.register(name)(cls())
+        return cls
+
+    return deco
+
+
+class TaskType:
+    name: str = ""
+    head: str = ""
+    token_level = False
+    text_fields_allowed: tuple[int, ...] = (1, 2)
+    default_metrics: tuple[str, ...] = ()
+    metrics_allowed: tuple[str, ...] = ()  # the metrics whose inputs this type's predictions fit
+    has_vocab = True
+
+    # -- labels --------------------------------------------------------------------------------------
+    def raw_labels(self, value: Any, where: str, field: str) -> list[str]:
+        """The label strings a row carries (one for classification, several for multi-label / token)."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"{where} (field '{field}'): empty label")
+        if isinstance(value, (list, tuple, dict, np.ndarray)):
+            raise DataError(
+                f"{where} (field '{field}'): expected one label, got a {type(value).__name__} "
+                f"({str(value)[:60]}); a task with several labels per example is type 'multilabel'"
+            )
+        return [str(value).strip()]
+
+    def vocab(self, train_rows: list[dict], field: str, fixed: list[str] | None) -> list[str] | None:
+        if fixed is not None:
+            return list(fixed)
+        seen: set[str] = set()
+        for row in train_rows:
+            seen.update(self.raw_labels(row.get(field), row["_where"], field))
+        return sorted(seen)
+
+    def encode_label(self, value: Any, vocab: list[str] | None, where: str, field: str, split: str) -> Any:
+        assert vocab is not None
+        (lab,) = self.raw_labels(value, where, field)
+        return _index(lab, vocab, where, field, split)
+
+    def num_outputs(self, vocab: list[str] | None) -> int:
+        assert vocab is not None
+        return len(vocab)
+
+    def head_options(self, train_labels: Any) -> dict[str, Any]:
+        """Head spec fields computed from the encoded train labels (regression: the targets' scale)."""
+        return {}
+
+    def metric_fits(self, metric: str) -> bool:
+        return metric in self.metrics_allowed
+
+    def metric_fits_labels(self, metric: str, labels: list[str] | None) -> bool:
+        """Whether ``metric`` can score a task with these labels (binary F1 needs exactly two)."""
+        return True
+
+    # -- training and prediction -----------------------------------------------------------------------
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels)
+
+    def collate_labels(self, labels: list[Any], seq_len: int) -> torch.Tensor:
+        return torch.tensor(labels, dtype=torch.long)
+
+    def predict(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(predictions, probabilities) as numpy arrays from a batch of logits."""
+        probs = torch.softmax(logits.float(), dim=-1)
+        return probs.argmax(-1).cpu().numpy(), probs.cpu().numpy()
+
+    # -- JSON records (predictions/<task>.jsonl) --------------------------------------------------------
+    def record(self, pred: Any, prob: Any, labels: list[str] | None) -> dict[str, Any]:
+        """One example's prediction: the label by name and a probability per label."""
+        assert labels is not None
+        return {"label": labels[int(pred)], "probs": _label_probs(labels, prob)}
+
+    def gold_record(self, gold: Any, labels: list[str] | None) -> Any:
+        assert labels is not None
+        return labels[int(gold)]
+
+    # -- fusion: ensembles of members' outputs (mtfuse.fusion.ensemble) ---------------------------------
+    # Members' outputs are fused per *unit*: ``outputs`` reads a prediction record back into ``[units, C]``
+    # rows (one row for sentence-level tasks), ``aligned_units`` says how many units of each example every
+    # member contributes, and the fused rows go back into one record per example through ``record``.
+    unit = "example"  # what one fused row is: an example, or (token tasks) a word
+    #: outputs are real values, not a distribution over labels: no majority vote, no prediction entropy, and
+    #: members differ by how far apart their values are (regression)
+    continuous = False
+    #: the stacking meta-learner (a name in ``mtfuse.fusion.ensemble.stack.LEARNERS``)
+    stack_learner = "multinomial"
+
+    def outputs(self, record: dict[str, Any], labels: list[str] | None, where: str) -> np.ndarray:
+        """A prediction record's outputs as ``[units, C]`` rows (the inverse of :meth:`record`)."""
+        assert labels is not None
+        return _probs_row(record.get("probs"), labels, where)[None, :]
+
+    def aligned_units(self, counts: np.ndarray) -> np.ndarray:
+        """Units fused per example, from each member's unit counts ``[M, n]``: those every member has."""
+        return np.asarray(counts).min(axis=0)
+
+    def fuses_with(self, other: TaskType) -> bool:
+        """Members of this type and of ``other`` predict the same kind of output (pair classification and
+        classification do), so their outputs can be fused."""
+        return isinstance(other, type(self)) or isinstance(self, type(other))
+
+    def same_gold(self, a: Any, b: Any) -> bool:
+        """Two members' gold (as written in their records) for one example agree."""
+        return bool(a == b)
+
+    def targets(self, gold: Any, labels: list[str] | None, units: int, where: str) -> np.ndarray:
+        """An example's gold (as written in a record) as the targets of its first ``units`` units."""
+        assert labels is not None
+        return np.array([_gold_index(labels, gold, where)], dtype=np.int64)
+
+    def decide(self, out: np.ndarray) -> np.ndarray:
+        """Decisions from fused outputs ``[U, C]``: a class index per unit."""
+        return out.argmax(axis=1)
+
+    def metric_inputs(
+        self, decisions: np.ndarray, targets: np.ndarray, example: np.ndarray, labels: list[str] | None
+    ) -> tuple[Any, Any]:
+        """(predictions, gold) in the form the task's metrics take (as ``mtfuse.evaluate.score`` gives them)."""
+        return decisions, targets
+
+    def fused_nll(self, out: np.ndarray, y: np.ndarray) -> float:
+        """Mean negative log-likelihood of fused outputs ``[U, C]`` against the targets: the log loss."""
+        if not len(y):
+            return 0.0
+        return float(-np.mean(np.log(np.clip(out[np.arange(len(y)), y], _EPS, None))))
+
+    def fused_nll_grad(self, P: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
+        """:meth:`fused_nll` of the weighted mean ``sum_m w_m P_m`` and its gradient with respect to ``w``."""
+        n = max(len(y), 1)
+        py = P[:, np.arange(len(y)), y]  # [M, U]: each member's probability of the gold label
+        q = np.clip(w @ py, _EPS, None)
+        return float(-np.mean(np.log(q))), -(py / q).sum(axis=1) / n
+
+    def votes(self, out: np.ndarray) -> np.ndarray:
+        """One member's votes ``[U, C]`` for a majority vote: 1 for the label it decides."""
+        v = np.zeros_like(out, dtype=np.float64)
+        v[np.arange(out.shape[0]), out.argmax(axis=1)] = 1.0
+        return v
+
+    def member_errors(self, decisions: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """One member's errors per unit, flattened: 1 where a decision is wrong, else 0."""
+        return (decisions != targets).astype(np.float64).reshape(-1)
+
+    def example_record(
+        self, decisions: np.ndarray, outputs: np.ndarray, labels: list[str] | None
+    ) -> dict[str, Any]:
+        """One example's prediction record (:meth:`record`) from its fused units' decisions and outputs."""
+        return self.record(decisions[0], outputs[0], labels)
+
+    def complete_record(self, rec: dict[str, Any], member_rec: dict[str, Any]) -> dict[str, Any]:
+        """An ensemble's record for a new input, completed from a member's record of the same input."""
+        return rec
+
+    # -- fusion: what data-dependent merging needs (mtfuse.fusion.merge.statistics) ---------------------
+    def fisher_log_likelihood(
+        self, logits: torch.Tensor, labels: torch.Tensor, mode: str, gen: torch.Generator
+    ) -> torch.Tensor:
+        """log p(y | x) summed over a batch, y chosen by ``mode``: ``sampled`` from the head's predictive
+        distribution, ``predicted`` (its argmax) or ``gold`` (Fisher merging's likelihood)."""
+        logp = torch.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1])
+        return _categorical_ll(logp, labels.reshape(-1).to(logp.device), mode, gen)
+
+    def prediction_entropy(self, logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """Mean Shannon entropy of the head's predictive distribution (what AdaMerging minimises); None
+        when the head has no distribution."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return (-(logp.exp() * logp).sum(-1)).mean()
+
+
+_EPS = 1e-12
+
+
+def _probs_row(d: Any, labels: list[str], where: str) -> np.ndarray:
+    if not isinstance(d, dict):
+        raise DataError(f"{where}: 'probs' is not a {{label: probability}} dict")
+    if set(d) != set(labels):
+        raise DataError(f"{where}: probabilities over labels {sorted(d)} but the task's labels are {labels}")
+    return np.array([float(d[lab]) for lab in labels], dtype=np.float64)
+
+
+def _gold_index(labels: list[str], lab: Any, where: str) -> int:
+    try:
+        return labels.index(str(lab))
+    except ValueError:
+        raise DataError(f"{where}: gold label '{lab}' is not among the task's labels {labels}") from None
+
+
+def _categorical_ll(logp: torch.Tensor, gold: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Tensor:
+    if mode == "sampled":
+        y = torch.multinomial(logp.detach().exp().cpu(), 1, generator=gen).reshape(-1).to(logp.device)
+    elif mode == "predicted":
+        y = logp.detach().argmax(-1)
+    else:
+        y = gold
+    return logp.gather(1, y.reshape(-1, 1)).sum()
+
+
+def _label_probs(labels: list[str], prob: Any) -> dict[str, float]:
+    return {lab: round(float(x), 6) for lab, x in zip(labels, prob, strict=True)}
+
+
+def _index(lab: str, vocab: list[str], where: str, field: str, split: str) -> int:
+    try:
+        return vocab.index(lab)
+    except ValueError:
+        shown = vocab if len(vocab) <= 20 else vocab[:20] + ["..."]
+        raise DataError(
+            f"{where} (field '{field}'): label '{lab}' in split '{split}' is not among the train labels {shown}"
+        ) from None
