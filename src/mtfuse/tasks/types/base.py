@@ -8,6 +8,7 @@ A new task type is one file in this folder with a ``@register("name")`` subclass
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -66,6 +67,13 @@ class TaskType:
     def num_outputs(self, vocab: list[str] | None) -> int:
         assert vocab is not None
         return len(vocab)
+
+    def majority_predictions(
+        self, gold_train: list[Any], gold: list[Any], labels: list[str] | None
+    ) -> list[Any]:
+        """The trivial baseline every score is shown beside: the most frequent train label, for every example."""
+        top = Counter(int(g) for g in gold_train).most_common(1)[0][0]
+        return [top] * len(gold)
 
     def head_options(self, train_labels: Any) -> dict[str, Any]:
         """Head spec fields computed from the encoded train labels (regression: the targets' scale)."""

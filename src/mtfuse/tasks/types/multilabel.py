@@ -28,6 +28,13 @@ class MultiLabel(TaskType):
     default_metrics = ("micro_f1", "macro_f1")
     metrics_allowed = ("micro_f1", "macro_f1", "accuracy")
 
+    def majority_predictions(
+        self, gold_train: list[Any], gold: list[Any], labels: list[str] | None
+    ) -> list[Any]:
+        """Every label that more than half the train examples carry."""
+        freq = np.mean(np.stack(gold_train), axis=0)
+        return [(freq >= 0.5).astype(np.int64)] * len(gold)
+
     def raw_labels(self, value: Any, where: str, field: str) -> list[str]:
         if isinstance(value, (list, tuple)):
             return [str(v).strip() for v in value if str(v).strip()]

@@ -51,6 +51,12 @@ class Regression(TaskType):
     def collate_labels(self, labels: list[Any], seq_len: int) -> torch.Tensor:
         return torch.tensor(labels, dtype=torch.float32)
 
+    def majority_predictions(
+        self, gold_train: list[Any], gold: list[Any], labels: list[str] | None
+    ) -> list[Any]:
+        """The train mean for every example."""
+        return [float(np.mean(gold_train))] * len(gold)
+
     def head_options(self, train_labels: Any) -> dict[str, float]:
         """The train targets' mean and standard deviation, for the head spec (``target_mean``, ``target_std``).
 
