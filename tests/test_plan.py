@@ -24,15 +24,8 @@ subset: {train: 16, eval: 16}
 
 
 @pytest.fixture
-def cfg(tmp_path: Path, tiny_model_dir: Path, shared_data_dir: Path) -> tuple[Path, list[str]]:
-    path = tmp_path / "cfg.yaml"
-    path.write_text(CONFIG, encoding="utf-8")
-    common = [
-        f"model.name_or_path={tiny_model_dir}",
-        f"data_dir={shared_data_dir}",
-        f"cache_dir={tmp_path / 'c'}",
-    ]
-    return path, common
+def cfg(cli_config) -> tuple[Path, list[str]]:
+    return cli_config(CONFIG)
 
 
 @pytest.mark.parametrize(

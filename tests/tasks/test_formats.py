@@ -19,15 +19,7 @@ from mtfuse.config import DataConfig, RunConfig
 from mtfuse.errors import ConfigError, DataError
 from mtfuse.tasks.prepare import read_task_rows, task_splits
 from mtfuse.tasks.readers import READERS, carve_dev, read_split
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
+from tests.helpers.cli import write
 
 
 def run_config(task: dict) -> RunConfig:

@@ -9,6 +9,7 @@ import pytest
 from mtfuse.config import DataConfig
 from mtfuse.errors import ConfigError, DataError
 from mtfuse.tasks.readers import READERS, Reader, read_split
+from tests.helpers.cli import write
 
 DATA = Path(__file__).parents[2].parent / "shared" / "data"
 GLUE = DATA / "glue"
@@ -168,15 +169,6 @@ def test_conll_first_sentence(conll_rows: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------ GLUE input errors
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
 
 
 def rte_dir(tmp_path: Path, dev: str | bytes) -> Path:
