@@ -14,7 +14,7 @@ from mtfuse.model import SHARING
 from mtfuse.train import train
 from mtfuse.weighting import WEIGHTINGS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_glue(tmp: Path, tiny_model_dir: Path, data: Path, extra: list[str]) -> config_mod.RunConfig:
