@@ -107,3 +107,10 @@ def test_dump_round_trips(tmp_path: Path) -> None:
 def test_every_shipped_config_parses(path: Path) -> None:
     cfg = config_mod.load(path)
     assert cfg.tasks
+
+
+def test_the_demo_config_in_configs_is_the_packaged_one() -> None:
+    """configs/demo.yaml is what `mtfuse demo` trains (src/mtfuse/resources/demo.yaml): they must not drift."""
+    from mtfuse.demo import demo_config_path
+
+    assert (ROOT / "configs" / "demo.yaml").read_text() == demo_config_path().read_text()
