@@ -54,8 +54,6 @@ import importlib
 import importlib.util
 import math
 import random
-import sys
-import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -645,24 +643,6 @@ def test_torchjd_random_and_stateful(tj: Any, K: int, seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ LibMTL parity
-
-
-@pytest.fixture(scope="module")
-def libmtl() -> Any:
-    """``LibMTL.weighting`` imported under a stub parent package (its ``__init__`` needs torchvision)."""
-    spec = importlib.util.find_spec("LibMTL")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("LibMTL (libmtl==1.1.5) is not installed")
-    saved = {k: v for k, v in sys.modules.items() if k == "LibMTL" or k.startswith("LibMTL.")}
-    stub = types.ModuleType("LibMTL")
-    stub.__path__ = list(spec.submodule_search_locations)
-    sys.modules["LibMTL"] = stub
-    try:
-        return importlib.import_module("LibMTL.weighting")
-    finally:
-        for k in [k for k in sys.modules if k == "LibMTL" or k.startswith("LibMTL.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
 
 
 def libmtl_weighting(

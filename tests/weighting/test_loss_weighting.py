@@ -19,8 +19,6 @@ import importlib
 import importlib.util
 import json
 import math
-import sys
-import types
 import warnings
 from typing import Any
 
@@ -375,23 +373,6 @@ def test_torchjd_scalarizers(tjs: Any) -> None:
         famo.update(torch.tensor(after))
     z = torch.softmax(famo._w.detach(), 0)
     assert list(ours.weights().values()) == pytest.approx(z.tolist(), rel=1e-6)
-
-
-@pytest.fixture(scope="module")
-def libmtl() -> Any:
-    spec = importlib.util.find_spec("LibMTL")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("LibMTL (libmtl==1.1.5) is not installed")
-    saved = {k: v for k, v in sys.modules.items() if k == "LibMTL" or k.startswith("LibMTL.")}
-    stub = types.ModuleType("LibMTL")
-    stub.__path__ = list(spec.submodule_search_locations)
-    sys.modules["LibMTL"] = stub
-    try:
-        return importlib.import_module("LibMTL.weighting")
-    finally:
-        for k in [k for k in sys.modules if k == "LibMTL" or k.startswith("LibMTL.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
 
 
 def _libmtl(cls: type, **attrs: Any) -> Any:
