@@ -48,6 +48,14 @@ def _token(rng: random.Random) -> dict[str, Any]:
     return {"tokens": s, "tags": ["B-LOC" if w in ("London", "Paris") else "O" for w in s]}
 
 
+def _multiple_choice(rng: random.Random) -> dict[str, Any]:
+    s = _sentence(rng)
+    endings = [" ".join(_sentence(rng, 3)) for _ in range(3)]
+    right = rng.randrange(3)
+    endings[right] = "good " + endings[right]
+    return {"context": " ".join(s), "endings": endings, "label": right}
+
+
 #: task type -> (row builder, text_fields, label_field, metrics)
 DATA: dict[str, tuple[Any, list[str], str]] = {
     "classification": (_classification, ["text"], "label"),
@@ -55,6 +63,7 @@ DATA: dict[str, tuple[Any, list[str], str]] = {
     "regression": (_regression, ["text"], "label"),
     "multilabel": (_multilabel, ["text"], "label"),
     "token_classification": (_token, ["tokens"], "tags"),
+    "multiple_choice": (_multiple_choice, ["context", "endings"], "label"),
 }
 
 

@@ -10,6 +10,8 @@ as ``head(hidden [B,T,H], attention_mask [B,T], pooler_output [B,H] | None)``:
 - ``multilabel``: the same as classification: one logit per label [B, K], for a sigmoid/BCE loss
 - ``token_classification``: dropout -> Linear(H, K) on every position: [B, T, K]
   (as ``BertForTokenClassification``)
+- ``multiple_choice``: one score per (context, choice) sequence, pool -> dropout -> Linear(H, 1), the
+  ``[B * K, T]`` rows' scores reshaped to [B, K] with K = the number of choices (as ``BertForMultipleChoice``)
 
 Pooling (:func:`pool`): ``pooler`` = the encoder's own pooler output (dense + tanh on [CLS], what Hugging
 Face feeds its sequence classifier), ``cls`` = the hidden state at position 0, ``mean`` = the mean over real
@@ -177,3 +179,37 @@ class TokenClassificationHead(Head):
 
     def forward(self, hidden: Tensor, attention_mask: Tensor | None, pooler_output: Tensor | None) -> Tensor:
         return self.classifier(self.dropout(hidden))
+
+
+@HEADS.register("multiple_choice")
+class MultipleChoiceHead(ClassificationHead):
+    """One score per (context, choice) sequence: pool -> dropout -> Linear(H, 1) on ``[B * K, T, H]``,
+    reshaped to logits [B, K] (``num_outputs`` = K, the number of choices; consecutive rows are one example's
+    choices, as ``mtfuse.tasks.features.collate`` lays them out)."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_outputs: int,
+        pooling: str,
+        dropout: float,
+        initializer_range: float = 0.02,
+    ) -> None:
+        if num_outputs < 2:
+            raise ConfigError(
+                f"a multiple-choice head needs two or more choices, got num_outputs={num_outputs}"
+            )
+        super().__init__(hidden_size, 1, pooling, dropout, initializer_range)
+        self.num_choices = num_outputs
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None, pooler_output: Tensor | None) -> Tensor:
+        scores = super().forward(hidden, attention_mask, pooler_output)  # [B * K, 1]
+        if scores.shape[0] % self.num_choices:
+            raise MtfuseError(
+                f"multiple-choice head: {scores.shape[0]} sequences are not a whole number of examples of "
+                f"{self.num_choices} choices"
+            )
+        return scores.reshape(-1, self.num_choices)
+
+    def extra_repr(self) -> str:
+        return f"num_choices={self.num_choices}"

@@ -25,19 +25,25 @@ from mtfuse.tasks.types import IGNORE_INDEX, TASK_TYPES, TaskType
 
 @dataclass
 class Encoded:
-    """One tokenised split of one task. ``labels`` is None for unlabelled input (prediction)."""
+    """One tokenised split of one task. ``labels`` is None for unlabelled input (prediction).
+
+    ``group``: sequences per example (multiple choice: one per choice); example ``i`` is then the sequences
+    ``i * group`` ... ``i * group + group - 1`` of ``input_ids`` / ``token_type_ids``."""
 
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray] | None
     labels: list[Any] | None
     word_ids: list[np.ndarray] | None = None  # token tasks: word index of each sub-token, -1 for specials
     n_words: list[int] | None = None  # token tasks: words in the (untruncated) example
+    group: int = 1
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.input_ids) // self.group
 
     def lengths(self) -> np.ndarray:
-        return np.array([len(x) for x in self.input_ids], dtype=np.int64)
+        """Tokens per example (the longest of its sequences when it has several)."""
+        out = np.array([len(x) for x in self.input_ids], dtype=np.int64)
+        return out if self.group == 1 else out.reshape(-1, self.group).max(axis=1)
 
 
 @dataclass
@@ -93,13 +99,21 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def texts_of(rows: list[dict], fields: list[str], token_level: bool) -> list[Any]:
-    """Texts as tuples (one string per field), or token lists for token-level tasks.
+def texts_of(
+    rows: list[dict], fields: list[str], token_level: bool, ttype: TaskType | None = None
+) -> list[Any]:
+    """Texts as tuples (one string per field), or token lists for token-level tasks, or (a type whose
+    examples are several sequences, ``ttype.example_texts``) a list of such tuples per example.
 
     A text is a string (a number is taken as its digits); anything else (a list, a mapping: parquet, jsonl
     and Hugging Face columns may hold them) is an error naming the row and field, never its printed form."""
     out: list[Any] = []
     for row in rows:
+        if ttype is not None:
+            several = ttype.example_texts([row[f] for f in fields], row["_where"], fields)
+            if several is not None:
+                out.append(several)
+                continue
         vals = []
         for f in fields:
             v = row[f]
@@ -134,19 +148,22 @@ class Tokenizing:
         spec.pop("padding", None)
         self._tok_hash = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
-    def encode(self, texts: list[Any], token_level: bool, max_length: int) -> Encoded:
-        key = self._key(texts, token_level, max_length)
+    def encode(self, texts: list[Any], token_level: bool, max_length: int, group: int = 1) -> Encoded:
+        """``group`` > 1: ``texts`` holds ``group`` consecutive sequences per example."""
+        key = self._key(texts, token_level, max_length, group)
         cached = self._load(key)
         if cached is not None:
             return cached
         enc = self._tokenize(texts, token_level, max_length)
+        enc.group = group
         self._save(key, enc)
         return enc
 
-    def _key(self, texts: list[Any], token_level: bool, max_length: int) -> str:
+    def _key(self, texts: list[Any], token_level: bool, max_length: int, group: int = 1) -> str:
         h = hashlib.sha256()
         # version 2 of token-level encodings: words without sub-words are the unknown token (were dropped)
-        h.update(json.dumps([self._tok_hash, token_level, max_length, 2 if token_level else 1]).encode())
+        head = [self._tok_hash, token_level, max_length, 2 if token_level else 1]
+        h.update(json.dumps(head if group == 1 else [*head, {"group": group}]).encode())
         for t in texts:
             h.update(json.dumps(t, ensure_ascii=False).encode())
             h.update(b"\x00")
@@ -217,10 +234,18 @@ class Tokenizing:
                 tt = np.split(z["token_type_ids"], offs[1:-1]) if "token_type_ids" in z else None
                 wi = np.split(z["word_ids"], offs[1:-1]) if "word_ids" in z else None
                 nw = z["n_words"].tolist() if "n_words" in z else None
+                group = int(z["group"]) if "group" in z else 1
         except (OSError, ValueError, KeyError):
             return None  # a damaged cache entry is re-made, never trusted
+        if len(ids) % group:
+            return None
         return Encoded(
-            list(ids), list(tt) if tt is not None else None, None, list(wi) if wi is not None else None, nw
+            list(ids),
+            list(tt) if tt is not None else None,
+            None,
+            list(wi) if wi is not None else None,
+            nw,
+            group,
         )
 
     def _save(self, key: str, enc: Encoded) -> None:
@@ -228,13 +253,15 @@ class Tokenizing:
         if p is None:
             return
         p.parent.mkdir(parents=True, exist_ok=True)
-        offsets = np.concatenate([[0], np.cumsum(enc.lengths())]).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum([len(x) for x in enc.input_ids])]).astype(np.int64)
         arrays: dict[str, np.ndarray] = {"offsets": offsets, "input_ids": np.concatenate(enc.input_ids)}
         if enc.token_type_ids is not None:
             arrays["token_type_ids"] = np.concatenate(enc.token_type_ids)
         if enc.word_ids is not None:
             arrays["word_ids"] = np.concatenate(enc.word_ids)
             arrays["n_words"] = np.array(enc.n_words, dtype=np.int64)
+        if enc.group != 1:
+            arrays["group"] = np.array(enc.group, dtype=np.int64)
         fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp.npz")
         os.close(fd)
         try:
@@ -267,8 +294,13 @@ def encode_rows(
     ttype = task.type
     fields = task.text_fields + ([task.label_field] if with_labels else [])
     check_fields(rows, fields, f"task '{task.name}' split '{split}'")
-    texts = texts_of(rows, task.text_fields, ttype.token_level)
-    enc = tokenizing.encode(texts, ttype.token_level, task.cfg.max_length)
+    texts = texts_of(rows, task.text_fields, ttype.token_level, ttype)
+    group = _group_size(rows, texts, task)
+    if group == 1:
+        enc = tokenizing.encode(texts, ttype.token_level, task.cfg.max_length)
+    else:
+        flat = [t for several in texts for t in several]
+        enc = tokenizing.encode(flat, ttype.token_level, task.cfg.max_length, group)
     if not with_labels:
         return enc, None
     labels, gold = [], []
@@ -288,11 +320,30 @@ def encode_rows(
     return enc, gold
 
 
+def _group_size(rows: list[dict], texts: list[Any], task: TaskData) -> int:
+    """Sequences per example: 1, or (examples of several sequences) their number, the same for every
+    example and equal to the head's outputs (one score per choice)."""
+    if not texts or not isinstance(texts[0], list) or task.type.token_level:
+        return 1
+    n = len(texts[0])
+    expected = task.type.num_outputs(task.labels) if task.labels is not None else n
+    for row, several in zip(rows, texts, strict=True):
+        if len(several) != expected:
+            raise DataError(
+                f"{row['_where']} (field '{task.text_fields[-1]}'): {len(several)} choices, but the task has "
+                f"{expected} (every example needs the same number: one score per choice)"
+            )
+    return n
+
+
 def collate(
     enc: Encoded, idx: np.ndarray | list[int], pad_id: int, ttype: TaskType
 ) -> dict[str, torch.Tensor]:
-    """Pad a batch to its own longest sequence (dynamic padding)."""
-    idx = list(idx)
+    """Pad a batch to its own longest sequence (dynamic padding). Examples of several sequences
+    (``enc.group`` > 1) give ``group`` rows each: inputs ``[B * group, T]``, labels one per example."""
+    examples = list(idx)
+    g = enc.group
+    idx = examples if g == 1 else [i * g + c for i in examples for c in range(g)]
     n = max(len(enc.input_ids[i]) for i in idx)
     ids = torch.full((len(idx), n), pad_id, dtype=torch.long)
     mask = torch.zeros((len(idx), n), dtype=torch.long)
@@ -307,5 +358,5 @@ def collate(
     if tt is not None:
         batch["token_type_ids"] = tt
     if enc.labels is not None:
-        batch["labels"] = ttype.collate_labels([enc.labels[i] for i in idx], n)
+        batch["labels"] = ttype.collate_labels([enc.labels[i] for i in examples], n)
     return batch

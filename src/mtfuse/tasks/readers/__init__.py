@@ -6,6 +6,8 @@ One reader instance is registered per ``data.format`` in :data:`READERS`, one mo
   MRPC, RTE, WNLI, STS-B); rows get canonical fields (``sentence`` or ``sentence1``/``sentence2``, and
   ``label``), labels stay strings as in the file.
 * ``conll`` (:mod:`.conll`): CoNLL-2003 style token-per-line files; rows are ``{"tokens": [...], "tags": [...]}``.
+* ``copa`` (:mod:`.copa`): the COPA XML; rows are ``{"context", "choices": [a1, a2], "label": 0 | 1, ...}``
+  (the context ends with the cause / effect question); no train split (map one with ``data.files``).
 * ``csv``, ``tsv`` (:mod:`.delimited`), ``jsonl`` (:mod:`.jsonl`), ``parquet`` (:mod:`.parquet`): generic
   files; rows keep the file's column names (csv / tsv without a header row: ``header: false`` and
   ``columns``; ``delimiter``, ``quoting``, ``encoding``).
@@ -31,7 +33,7 @@ Importing this package imports every format module, which registers its reader.
 
 from __future__ import annotations
 
-from mtfuse.tasks.readers import conll, delimited, glue, hf, jsonl, lines, parquet
+from mtfuse.tasks.readers import conll, copa, delimited, glue, hf, jsonl, lines, parquet
 from mtfuse.tasks.readers.base import (
     BOM,
     READERS,
@@ -45,6 +47,7 @@ from mtfuse.tasks.readers.base import (
     read_split,
 )
 from mtfuse.tasks.readers.conll import ConllReader
+from mtfuse.tasks.readers.copa import CopaReader
 from mtfuse.tasks.readers.glue import GLUE_TASKS, GlueReader, glue_task
 from mtfuse.tasks.readers.hf import HfReader
 from mtfuse.tasks.readers.lines import LinesReader
@@ -55,6 +58,7 @@ __all__ = [
     "READERS",
     "SPLITS",
     "ConllReader",
+    "CopaReader",
     "FileReader",
     "GlueReader",
     "HfReader",
@@ -64,6 +68,7 @@ __all__ = [
     "apply_label_map",
     "carve_dev",
     "conll",
+    "copa",
     "delimited",
     "glue",
     "glue_task",

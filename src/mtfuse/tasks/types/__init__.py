@@ -3,6 +3,7 @@
 from mtfuse.tasks.types.base import IGNORE_INDEX, TASK_TYPES, TaskType, register
 from mtfuse.tasks.types.classification import Classification, PairClassification
 from mtfuse.tasks.types.multilabel import MultiLabel
+from mtfuse.tasks.types.multiple_choice import MultipleChoice
 from mtfuse.tasks.types.regression import Regression
 from mtfuse.tasks.types.token import TokenClassification
 
@@ -11,6 +12,7 @@ __all__ = [
     "TASK_TYPES",
     "Classification",
     "MultiLabel",
+    "MultipleChoice",
     "PairClassification",
     "Regression",
     "TaskType",

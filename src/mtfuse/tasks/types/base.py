@@ -39,6 +39,13 @@ class TaskType:
     metrics_allowed: tuple[str, ...] = ()  # the metrics whose inputs this type's predictions fit
     has_vocab = True
 
+    # -- inputs ----------------------------------------------------------------------------------------
+    def example_texts(self, values: list[Any], where: str, fields: list[str]) -> list[tuple[str, ...]] | None:
+        """The sequences one example is encoded as, from its text fields' values: None (the default) for one
+        sequence of the text fields as strings; a type whose examples are several sequences (multiple choice:
+        one (context, choice) pair per choice) returns them, and they are collated as ``[B * C, T]``."""
+        return None
+
     # -- labels --------------------------------------------------------------------------------------
     def raw_labels(self, value: Any, where: str, field: str) -> list[str]:
         """The label strings a row carries (one for classification, several for multi-label / token)."""
