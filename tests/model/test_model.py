@@ -101,7 +101,13 @@ def test_load_encoder_missing_dir_and_dir_without_config(tmp_path: Path) -> None
 
 
 def test_head_registry_names() -> None:
-    assert HEADS.names() == ["classification", "multilabel", "regression", "token_classification"]
+    assert HEADS.names() == [
+        "classification",
+        "multilabel",
+        "multiple_choice",
+        "regression",
+        "token_classification",
+    ]
 
 
 def test_head_output_shapes(model_and_tokenizer, batch) -> None:

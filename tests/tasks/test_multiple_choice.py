@@ -186,3 +186,33 @@ def test_copa_config_with_the_tiny_model(shared_data_dir: Path, tiny_model_dir: 
     )
     assert code == 0, err
     assert json.loads((tmp_path / "p.jsonl").read_text())["choice"] in (0, 1)
+
+
+@needs_copa
+@pytest.mark.parametrize("mode", ["sampled", "joint"])
+def test_copa_trains_with_a_glue_task(cli_config, tmp_path: Path, mode: str) -> None:
+    """COPA beside RTE in one model, in both step modes."""
+    cfg, common = cli_config(
+        """
+tasks:
+  - {name: rte, type: pair_classification, data: {format: glue, task: RTE, path: "{data_dir}/glue/RTE"}}
+  - name: copa
+    type: multiple_choice
+    data: {format: copa, path: "{data_dir}/copa", files: {train: COPA-resources/datasets/copa-dev.xml}, dev_from_train: 0.2}
+"""
+    )
+    run = tmp_path / "run"
+    argv = [
+        "train",
+        cfg,
+        *common,
+        "subset.train=16",
+        "subset.eval=8",
+        "train.max_steps=2",
+        "train.batch_size=4",
+    ]
+    argv += [f"train.step_mode={mode}", "train.progress=false", "train.tensorboard=false", "--output", run]
+    code, out, err = run_cli(argv)
+    assert code == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["tasks"]) == {"rte", "copa"}
