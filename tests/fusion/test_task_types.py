@@ -29,13 +29,16 @@ RAW = {
     "regression": [0.5, 2.0, -1.25],
     "multilabel": ["B-X|O", "I-X", "B-X,I-X,O"],
     "token_classification": [["B-X", "I-X"], ["O"], ["B-X", "I-X", "O"]],
+    "multiple_choice": [2, 0, "1"],
 }
+#: the label vocabulary of a type whose labels are not names (default: LABELS)
+VOCAB = {"multiple_choice": ["0", "1", "2"]}
 
 
 def _examples(tt: TaskType) -> tuple[list[str] | None, list[dict], torch.Tensor, torch.Tensor]:
     """(labels, prediction records with gold, logits, collated labels) of three examples."""
     assert tt.name in RAW, f"task type '{tt.name}': add three example labels to RAW in {__file__}"
-    labels = LABELS if tt.has_vocab else None
+    labels = VOCAB.get(tt.name, LABELS) if tt.has_vocab else None
     encoded = [tt.encode_label(v, labels, "row", "label", "train") for v in RAW[tt.name]]
     seq = 4
     c = tt.num_outputs(labels)
