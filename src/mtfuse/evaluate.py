@@ -25,6 +25,9 @@ def predict_encoded(
     autocast: Callable[[], Any] = contextlib.nullcontext,
 ) -> tuple[list[Any], list[Any]]:
     """(predictions, probabilities) per example, in input order. Token tasks give word-level lists."""
+    own = task.type.predict_split(model, task, enc, batch_size, device, pad_id, autocast)
+    if own is not None:
+        return own
     was_training = model.training
     model.eval()
     order = np.argsort(-enc.lengths(), kind="stable")  # long first: less padding, early OOM
@@ -75,6 +78,9 @@ def word_level(
 
 def score(task: TaskData, preds: list[Any], gold: list[Any]) -> dict[str, float]:
     """The task's metrics on 0-100. Token tasks score every gold word (unseen words are tagged 'O')."""
+    own = task.type.score(task, preds, gold)
+    if own is not None:
+        return own
     if task.type.token_level:
         labels = task.labels or []
         p_tags = [[labels[j] for j in p] for p in preds]

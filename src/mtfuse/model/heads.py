@@ -2,7 +2,8 @@
 
 Every head is built as ``cls(hidden_size, num_outputs, pooling, dropout, initializer_range=0.02, **extra)``
 (``extra``: what ``cls.spec_kwargs(spec)`` reads from the head spec; :func:`build_head` does both) and called
-as ``head(hidden [B,T,H], attention_mask [B,T], pooler_output [B,H] | None)``:
+as ``head(hidden [B,T,H], attention_mask [B,T], pooler_output [B,H] | None)`` (a head with
+``takes_batch = True`` is also given ``batch=``, the whole collated batch: a decoder reads its target ids):
 
 - ``classification``: pool -> dropout -> Linear(H, K): logits [B, K] (as ``BertForSequenceClassification``)
 - ``regression``: the same with K = 1, squeezed: [B], in the targets' units (``target_mean + target_std z``:

@@ -215,7 +215,11 @@ class MultiTaskModel(nn.Module):
             caches: dict[int | None, dict[str, Any]] = {}
             for t in group:
                 hidden, pooled = self._features(t, out, mask, caches.setdefault(self.specs[t].layer, {}))
-                logits[t] = self.heads[t](hidden, mask, pooled)
+                head = self.heads[t]
+                if getattr(head, "takes_batch", False):  # e.g. a decoder reads the batch's target ids
+                    logits[t] = head(hidden, mask, pooled, batch=batch)
+                else:
+                    logits[t] = head(hidden, mask, pooled)
         return {t: logits[t] for t in tasks}
 
     def encode(self, batch: Mapping[str, Tensor], task: str | None = None) -> tuple[Tensor, Tensor | None]:

@@ -36,6 +36,8 @@ class Encoded:
     word_ids: list[np.ndarray] | None = None  # token tasks: word index of each sub-token, -1 for specials
     n_words: list[int] | None = None  # token tasks: words in the (untruncated) example
     group: int = 1
+    #: arrays a task type's own encoding adds (``TaskType.encode_rows``), read by its ``collate``
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.input_ids) // self.group
@@ -294,6 +296,9 @@ def encode_rows(
     ttype = task.type
     fields = task.text_fields + ([task.label_field] if with_labels else [])
     check_fields(rows, fields, f"task '{task.name}' split '{split}'")
+    own = ttype.encode_rows(rows, task, split, tokenizing, with_labels)
+    if own is not None:
+        return own
     texts = texts_of(rows, task.text_fields, ttype.token_level, ttype)
     group = _group_size(rows, texts, task)
     if group == 1:
@@ -341,6 +346,9 @@ def collate(
 ) -> dict[str, torch.Tensor]:
     """Pad a batch to its own longest sequence (dynamic padding). Examples of several sequences
     (``enc.group`` > 1) give ``group`` rows each: inputs ``[B * group, T]``, labels one per example."""
+    own = ttype.collate(enc, list(idx), pad_id)
+    if own is not None:
+        return own
     examples = list(idx)
     g = enc.group
     idx = examples if g == 1 else [i * g + c for i in examples for c in range(g)]

@@ -93,6 +93,40 @@ class TaskType:
         """Whether ``metric`` can score a task with these labels (binary F1 needs exactly two)."""
         return True
 
+    # -- type-owned encoding, batching, prediction and scoring ----------------------------------------
+    # A type whose examples do not fit the generic path (one or more sequences per example, one label or
+    # one label per word) overrides these; each returns None to keep the generic path. Extractive QA cuts a
+    # long context into several windows, generation tokenises a target, SRL marks a predicate.
+    def encode_rows(
+        self, rows: list[dict], task: Any, split: str, tokenizing: Any, with_labels: bool
+    ) -> tuple[Any, list[Any] | None] | None:
+        """``(Encoded, gold per example)`` for rows of one split (``mtfuse.tasks.features.encode_rows``);
+        type-owned arrays go in ``Encoded.extra``."""
+        return None
+
+    def collate(self, enc: Any, idx: list[int], pad_id: int) -> dict[str, torch.Tensor] | None:
+        """A batch of the encoded sequences ``idx`` (``mtfuse.tasks.features.collate``). Keys beyond the
+        encoder's inputs reach heads that declare ``takes_batch``."""
+        return None
+
+    def predict_split(
+        self,
+        model: Any,
+        task: Any,
+        enc: Any,
+        batch_size: int,
+        device: torch.device,
+        pad_id: int,
+        autocast: Any,
+    ) -> tuple[list[Any], list[Any]] | None:
+        """``(predictions, probabilities)`` per example (``mtfuse.evaluate.predict_encoded``): generation
+        decodes, extractive QA joins the windows of one example."""
+        return None
+
+    def score(self, task: Any, preds: list[Any], gold: list[Any]) -> dict[str, float] | None:
+        """The task's metrics (0-100) from predictions and gold (``mtfuse.evaluate.score``)."""
+        return None
+
     # -- training and prediction -----------------------------------------------------------------------
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels)
