@@ -4,7 +4,9 @@ one parameter, all in one registry ``MERGE_METHODS`` (importing this package reg
     method.merge(tensors, base, params, weights, *, stats=None, generator=None) -> Tensor
 
 Tensor-only methods: ``linear`` (model soup), ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``,
-``breadcrumbs``, ``della``, ``slerp``, ``model_stock``. Data-dependent methods declare the statistics they
+``breadcrumbs``, ``breadcrumbs_ties``, ``della``, ``della_linear``, ``slerp``, ``nuslerp``, ``multislerp``,
+``karcher``, ``model_stock``, ``sce``, and the spectral / optimised ones ``tsv_m``, ``iso_c``, ``iso_cts``,
+``wudi``. Data-dependent methods declare the statistics they
 need (``needs_stats``): ``fisher``, ``regmean``, ``adamerging``, ``greedy_soup``.
 
 One-way imports, bottom to top:
@@ -24,16 +26,25 @@ from mtfuse.fusion.merge.method import MERGE_METHODS, MergeMethod, get_method, m
 from mtfuse.fusion.merge.methods import (  # noqa: F401  (register the methods)
     adamerging,
     breadcrumbs,
+    breadcrumbs_ties,
     dare,
     della,
+    della_linear,
     fisher,
     greedy_soup,
+    iso,
+    karcher,
     linear,
     model_stock,
+    multislerp,
+    nuslerp,
     regmean,
+    sce,
     slerp,
     task_arithmetic,
     ties,
+    tsv,
+    wudi,
 )
 
 __all__ = ["MERGE_METHODS", "MergeMethod", "get_method", "merge_method", "tensor_generator"]

@@ -5,7 +5,9 @@ A task vector is ``tau_i = theta_i - theta_base``. The methods are compositions 
 - sparsify each task vector on its own: :func:`magnitude_prune` (TIES), :func:`random_drop` (DARE),
   :func:`breadcrumbs_mask` (Model Breadcrumbs), :func:`della_drop` (DELLA's MAGPRUNE);
 - combine them: :func:`combine` = a weighted sum, optionally normalised, optionally restricted per entry to
-  the models that agree with the elected sign (:func:`sign_consensus` + :func:`disjoint_merge`, TIES).
+  the models that agree with the elected sign (:func:`sign_consensus` + :func:`disjoint_merge`, TIES);
+- the spectral methods (TSV-M, Iso-C / Iso-CTS) orthogonalise stacked singular vectors with
+  :func:`polar_factor` and fall back to :func:`mean_task_vector` for tensors that are not matrices.
 
 Counts round to nearest (halves up): keeping a ``density`` fraction of ``n`` entries keeps
 ``round(density * n)`` of them, at least one when ``density > 0``; Breadcrumbs' outlier count
@@ -210,3 +212,19 @@ def weighted_mean(tensors: list[Tensor], weights: list[float], method: str) -> T
     for w, t in zip(weights, tensors, strict=True):
         out.add_(t, alpha=w)
     return out / total
+
+
+def mean_task_vector(tvs: list[Tensor]) -> Tensor:
+    """(1/T) sum_i tau_i: what the spectral methods (TSV-M, Iso, WUDI) use for tensors that are not matrices."""
+    out = torch.zeros_like(tvs[0])
+    for tv in tvs:
+        out.add_(tv)
+    return out / len(tvs)
+
+
+def polar_factor(m: Tensor) -> Tensor:
+    """P Q^T from the thin SVD m = P S Q^T: the matrix with orthonormal columns (rows, if wider than tall)
+    nearest to ``m`` in Frobenius norm (orthogonal Procrustes). Used to orthogonalise concatenated singular
+    vectors (TSV-M, Iso-CTS)."""
+    p, _, qh = torch.linalg.svd(m, full_matrices=False)
+    return p @ qh
