@@ -340,8 +340,9 @@ def merge(
 ) -> None:
     """Merge the encoders of fine-tuned runs into one model that keeps every run's task heads.
 
-    Methods: tensor-only (linear, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, della, slerp,
-    model_stock) and data-dependent (fisher, regmean, adamerging, greedy_soup: they read the runs' data).
+    Methods: tensor-only (linear, task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties,
+    della, della_linear, slerp, nuslerp, multislerp, karcher, model_stock, sce, tsv_m, iso_c, iso_cts, wudi) and
+    data-dependent (fisher, regmean, adamerging, greedy_soup: they read the runs' data).
     `--from DIR/merge.json [--output NEW]` merges again what DIR records, with identical weights."""
     from mtfuse.errors import ConfigError
     from mtfuse.fusion.merge.command import run_request
