@@ -1,4 +1,5 @@
-"""`mtfuse` command line: train, evaluate, predict, ensemble, stack, diversity, compare, merge, data check, demo.
+"""`mtfuse` command line: train, evaluate, predict, ensemble, stack, diversity, compare, merge, affinity, data check,
+demo.
 
 Every user error (bad config, bad data, existing output) is one line on stderr and exit code 2, no traceback.
 """
@@ -207,6 +208,50 @@ def compare(
     if reference not in ("mean", "best"):
         raise MtfuseError(f"--reference '{reference}': choose from [best, mean]")
     compare_command(paths, output, latency, overwrite, device, console, reference=reference)
+
+
+@app.command()
+def affinity(
+    config: Path = typer.Argument(..., help="YAML config with the candidate tasks"),
+    overrides: list[str] = OVERRIDES,
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="directory for affinity.json, heatmaps, groupings/"
+    ),
+    steps: int = typer.Option(None, help="joint steps of the short run (default train.max_steps, else 100)"),
+    every: int = typer.Option(1, help="measure every this many steps (TAG: every step)"),
+    top: int = typer.Option(3, help="groupings listed per budget k"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing affinity directory"),
+) -> None:
+    """Which tasks to train together: inter-task affinity (TAG lookahead), gradient cosines, recommended
+    groupings for every budget of k models (each as a ready config) and a transfer map."""
+    from mtfuse import config as config_mod
+    from mtfuse import rundir
+    from mtfuse.affinity.run import measure, recommend, write
+
+    cfg = config_mod.load(config, overrides or [])
+    rundir.check_output(output, "affinity", overwrite)  # refuse now, before the run
+    result = measure(cfg, steps, every, progress=cfg.train.progress)
+    result.update(recommend(result, top))
+    write(result, output, overwrite)
+    names = result["tasks"]
+    table = Table(
+        title=f"affinity: a step on the row task changes the column task's loss ({result['measured_steps']} steps)"
+    )
+    table.add_column("step on")
+    for n in names:
+        table.add_column(n, justify="right")
+    for i, n in enumerate(names):
+        table.add_row(n, *[("" if i == j else f"{result['affinity'][i][j]:+.4f}") for j in range(len(names))])
+    console.print(table)
+    for n, t in result["transfer"].items():
+        helped = ", ".join(f"{p} {v:+.4f}" for p, v in t["helped_by"]) or "none"
+        hurt = ", ".join(f"{p} {v:+.4f}" for p, v in t["hurt_by"]) or "none"
+        console.print(f"{escape(n)}: helped by {escape(helped)}; hurt by {escape(hurt)}")
+    for k, options in result["groupings"].items():
+        best = options[0]
+        groups = " | ".join(", ".join(g) for g in best["groups"])
+        console.print(f"k={k}: {escape(groups)}  (predicted affinity {best['predicted_affinity']:+.4f})")
+    console.print(f"wrote {output}/ (configs for the best grouping of each k in {output}/groupings/)")
 
 
 @data_app.command("check")

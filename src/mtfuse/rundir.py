@@ -52,6 +52,7 @@ FAMILY = {
     "ensemble": "ensemble",
     "stack": "ensemble",
     "compare": "compare",
+    "affinity": "affinity",
 }
 
 
