@@ -65,7 +65,7 @@ def test_readme_mtfuse_commands_run(
             continue
         argv = [a for a in argv[1:] if not a.startswith("data_dir=")]
         sub = argv[0] if argv[0] != "data" else "data check"
-        if sub in ("train", "data check"):
+        if sub in ("train", "data check", "affinity"):
             argv += small
         if sub == "train" and "--resume" in argv:
             # resume the run the README trained just before, with its own config
