@@ -136,6 +136,28 @@ class DataConfig(Strict):
         return self
 
 
+class GenerationConfig(Strict):
+    """A generation task's target side and decoding (type ``generation``); the source side is ``max_length``.
+
+    Decoding keys can be overridden at evaluate / predict time (``tasks.NAME.generation.num_beams=4``)."""
+
+    max_target_length: int = Field(64, ge=2)  # target tokens with the start and end tokens
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    prefix: str = ""  # T5-style task prefix put before the source text ("translate English to German: ")
+    source_join: str = " "  # a source that is a list of strings (SciTLDR sentences) is joined with this
+    # several references: train on the first only ("first") or on each as its own pair ("each")
+    train_references: Literal["first", "each"] = "first"
+    # decoding (HF generate): greedy = num_beams 1 without sampling
+    num_beams: int = Field(1, ge=1)
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    do_sample: bool = False
+    top_k: int = Field(50, ge=0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 0  # sampling seed (decoding is reproducible)
+    max_new_tokens: int = Field(64, ge=1)
+
+
 class TaskConfig(Strict):
     name: str
     type: str
@@ -150,6 +172,7 @@ class TaskConfig(Strict):
     # encoder layer the head reads (hierarchical sharing); default: last. The index into HF hidden_states:
     # 0 = embeddings, 1..L = transformer layers, negative = from the top (-1 = last)
     layer: int | None = None
+    generation: GenerationConfig | None = None  # type 'generation' only (default: its defaults)
 
     @field_validator("name")
     @classmethod

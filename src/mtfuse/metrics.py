@@ -134,10 +134,14 @@ def macro_f1(preds: Any, golds: Any) -> float:
 
 
 def task_score(metrics: Mapping[str, float]) -> float:
-    """One number per task: the mean of its metrics (e.g. MRPC = mean(F1, accuracy), as on the GLUE board)."""
-    if not metrics:
+    """One number per task: the mean of its metrics (e.g. MRPC = mean(F1, accuracy), as on the GLUE board).
+    Descriptive figures that are not scores (``DESCRIPTIVE``: a generation task's ``gen_len``) are left out."""
+    scores = [float(v) for k, v in metrics.items() if k not in DESCRIPTIVE] or [
+        float(v) for v in metrics.values()
+    ]
+    if not scores:
         raise ValueError("task_score needs at least one metric")
-    return float(np.mean([float(v) for v in metrics.values()]))
+    return float(np.mean(scores))
 
 
 def aggregate(per_task: Mapping[str, Mapping[str, float]]) -> float:
@@ -145,3 +149,113 @@ def aggregate(per_task: Mapping[str, Mapping[str, float]]) -> float:
     if not per_task:
         raise ValueError("aggregate needs at least one task")
     return float(np.mean([task_score(m) for m in per_task.values()]))
+
+
+# ------------------------------------------------------------------------------- generated text (0-100)
+# ``preds``: one generated string per example; ``golds``: one reference string, or a list of references, per
+# example. Scores come from sacreBLEU (Post 2018, "A Call for Clarity in Reporting BLEU Scores") and Google's
+# rouge-score, so that they match published numbers.
+
+#: figures reported beside a task's metrics that are not quality scores (left out of ``task_score``)
+DESCRIPTIVE = frozenset({"gen_len"})
+
+
+def _references(preds: Sequence[str], golds: Sequence[Any]) -> list[list[str]]:
+    refs = [[str(g)] if isinstance(g, str) else [str(x) for x in g] for g in golds]
+    if len(refs) != len(preds):
+        raise ValueError(f"{len(preds)} generated texts but {len(refs)} references")
+    if any(not r for r in refs):
+        raise ValueError("an example has no reference text")
+    return refs
+
+
+def _ref_streams(refs: list[list[str]]) -> list[list[str | None]]:
+    """sacreBLEU's layout: one stream per reference position; a missing reference is None."""
+    k = max(len(r) for r in refs)
+    return [[r[j] if j < len(r) else None for r in refs] for j in range(k)]
+
+
+@METRICS.register("bleu")
+def bleu(preds: Sequence[str], golds: Sequence[Any]) -> float:
+    """Corpus BLEU (Papineni et al. 2002) by sacreBLEU with its default 13a tokenisation, every reference
+    of an example counted (multi-reference BLEU)."""
+    import sacrebleu
+
+    refs = _references(preds, golds)
+    if not preds:
+        return 0.0
+    return float(sacrebleu.corpus_bleu([str(p) for p in preds], _ref_streams(refs)).score)
+
+
+@METRICS.register("chrf")
+def chrf(preds: Sequence[str], golds: Sequence[Any]) -> float:
+    """Corpus chrF (Popovic 2015; character 6-grams, beta 2) by sacreBLEU, every reference counted."""
+    import sacrebleu
+
+    refs = _references(preds, golds)
+    if not preds:
+        return 0.0
+    return float(sacrebleu.corpus_chrf([str(p) for p in preds], _ref_streams(refs)).score)
+
+
+def _rouge(kind: str, preds: Sequence[str], golds: Sequence[Any]) -> float:
+    """Mean over examples of the ROUGE F-measure (Lin 2004) by rouge-score with Porter stemming, taking
+    for each example the best score over its references (the max, as SciTLDR reports)."""
+    from rouge_score import rouge_scorer
+
+    refs = _references(preds, golds)
+    if not preds:
+        return 0.0
+    scorer = rouge_scorer.RougeScorer([kind], use_stemmer=True)
+    best = [
+        max(scorer.score(r, str(p))[kind].fmeasure for r in rs) for p, rs in zip(preds, refs, strict=True)
+    ]
+    return 100.0 * float(np.mean(best))
+
+
+@METRICS.register("rouge1")
+def rouge1(preds: Sequence[str], golds: Sequence[Any]) -> float:
+    """ROUGE-1 F (unigrams), stemmed, max over references, mean over examples, x100."""
+    return _rouge("rouge1", preds, golds)
+
+
+@METRICS.register("rouge2")
+def rouge2(preds: Sequence[str], golds: Sequence[Any]) -> float:
+    """ROUGE-2 F (bigrams), stemmed, max over references, mean over examples, x100."""
+    return _rouge("rouge2", preds, golds)
+
+
+@METRICS.register("rougeL")
+def rouge_l(preds: Sequence[str], golds: Sequence[Any]) -> float:
+    """ROUGE-L F (longest common subsequence, per text), stemmed, max over references, x100."""
+    return _rouge("rougeL", preds, golds)
+
+
+def _distinct(n: int, preds: Sequence[str]) -> float:
+    """Distinct-n (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural Conversation
+    Models"): distinct n-grams / all n-grams over every generated text (white-space words, lowercased), x100."""
+    grams = [
+        tuple(words[i : i + n])
+        for p in preds
+        for words in [str(p).lower().split()]
+        for i in range(len(words) - n + 1)
+    ]
+    return 100.0 * len(set(grams)) / len(grams) if grams else 0.0
+
+
+@METRICS.register("distinct1")
+def distinct1(preds: Sequence[str], golds: Sequence[Any]) -> float:
+    """Distinct-1 of the generated texts (the references are not used), x100."""
+    return _distinct(1, preds)
+
+
+@METRICS.register("distinct2")
+def distinct2(preds: Sequence[str], golds: Sequence[Any]) -> float:
+    """Distinct-2 of the generated texts (the references are not used), x100."""
+    return _distinct(2, preds)
+
+
+@METRICS.register("gen_len")
+def gen_len(preds: Sequence[str], golds: Sequence[Any]) -> float:
+    """The mean length of the generated texts in white-space words (descriptive, not a score: DESCRIPTIVE)."""
+    return float(np.mean([len(str(p).split()) for p in preds])) if len(preds) else 0.0

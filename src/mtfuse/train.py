@@ -81,7 +81,9 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
     check_data(plan, {n: t.labels for n, t in tasks.items()})
     set_seed(tr.seed)  # heads start from the same weights whatever the data preparation did
     model = MultiTaskModel.build(
-        encoder, head_specs(tasks, cfg, head_dropout(cfg, encoder)), cfg.model.sharing
+        encoder,
+        head_specs(tasks, cfg, head_dropout(cfg, encoder), encoder.config, tokenizer),
+        cfg.model.sharing,
     )
     pad_id = tokenizer.pad_token_id or 0
     if tr.batch_size < world:

@@ -214,3 +214,124 @@ class MultipleChoiceHead(ClassificationHead):
 
     def extra_repr(self) -> str:
         return f"num_choices={self.num_choices}"
+
+
+@HEADS.register("seq2seq_decoder")
+class Seq2SeqDecoderHead(nn.Module):
+    """A Transformer decoder with cross-attention over the shared encoder's hidden states: logits
+    ``[B, L, V]`` over the target vocabulary for the batch's ``decoder_input_ids`` (teacher forcing).
+
+    The decoder is a Hugging Face ``BertLMHeadModel`` (``is_decoder``, ``add_cross_attention``) whose config
+    the spec's ``decoder`` holds. :meth:`warm_start` copies the encoder's weights into it, so encoder and
+    decoder start from the same checkpoint and only the cross-attention is new: the BERT2BERT warm start of
+    Rothe, Narayan & Severyn 2020 ("Leveraging Pre-trained Checkpoints for Sequence Generation Tasks", TACL),
+    what ``EncoderDecoderModel.from_encoder_decoder_pretrained`` does. ``num_outputs`` is the vocabulary size;
+    pooling and dropout are unused (the decoder has its own dropout)."""
+
+    takes_batch = True
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_outputs: int,
+        pooling: str,
+        dropout: float,
+        initializer_range: float = 0.02,
+        decoder: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertLMHeadModel
+
+        if not decoder or not isinstance(decoder.get("config"), dict):
+            raise ConfigError("a seq2seq_decoder head needs its decoder config (head spec field 'decoder')")
+        arch = decoder.get("arch", "bert")
+        if arch != "bert":
+            raise ConfigError(f"seq2seq_decoder: unknown decoder arch '{arch}'; choose from [bert]")
+        config = BertConfig.from_dict({**decoder["config"], "is_decoder": True, "add_cross_attention": True})
+        if config.hidden_size != hidden_size or config.vocab_size != num_outputs:
+            raise ConfigError(
+                f"seq2seq_decoder: decoder config (hidden {config.hidden_size}, vocabulary {config.vocab_size}) "
+                f"does not fit the encoder (hidden {hidden_size}) and num_outputs={num_outputs}"
+            )
+        self.decoder = BertLMHeadModel(config)
+        self.tokens = {k: int(decoder[k]) for k in ("start_token_id", "eos_token_id", "pad_token_id")}
+        self.label_smoothing = float(decoder.get("label_smoothing", 0.0))
+        # The output layer is tied to the word embeddings: store each tensor once (safetensors refuses
+        # tensors that share memory) and accept a state without the tied copies.
+        self._register_state_dict_hook(_drop_tied)
+        self.register_load_state_dict_post_hook(_tied_not_missing)
+
+    @classmethod
+    def spec_kwargs(cls, spec: Any) -> dict[str, Any]:
+        return {"decoder": getattr(spec, "decoder", None)}
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        return {"label_smoothing": self.label_smoothing}
+
+    def warm_start(self, encoder: nn.Module) -> None:
+        """Copy the encoder's embeddings and layers into the decoder (cross-attention and the LM head's
+        transform stay freshly initialised; the output layer is tied to the word embeddings)."""
+        state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
+        result = self.decoder.bert.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise ConfigError(
+                f"seq2seq_decoder: cannot warm-start from this encoder ({type(encoder).__name__}): "
+                f"unexpected tensor '{result.unexpected_keys[0]}'; the warm start needs a BERT-style encoder"
+            )
+        self.decoder.tie_weights()
+
+    def forward(
+        self,
+        hidden: Tensor,
+        attention_mask: Tensor | None,
+        pooler_output: Tensor | None,
+        batch: Any = None,
+    ) -> Tensor:
+        if batch is None or "decoder_input_ids" not in batch:
+            raise MtfuseError(
+                "seq2seq_decoder: the batch has no decoder_input_ids (a generation task's batch)"
+            )
+        out = self.decoder(
+            input_ids=batch["decoder_input_ids"],
+            attention_mask=batch.get("decoder_attention_mask"),
+            encoder_hidden_states=hidden,
+            encoder_attention_mask=attention_mask,
+            use_cache=False,
+            return_dict=True,
+        )
+        return out.logits
+
+    def seq2seq_view(self, encoder: nn.Module) -> Any:
+        """A transformers ``EncoderDecoderModel`` over the shared encoder and this decoder (the same modules,
+        nothing copied): what decoding calls ``generate`` on, and what ``save_pretrained`` writes in the form
+        plain transformers loads."""
+        from transformers import EncoderDecoderModel
+
+        view = EncoderDecoderModel(encoder=encoder, decoder=self.decoder)
+        view.config.decoder_start_token_id = self.tokens["start_token_id"]
+        view.config.eos_token_id = self.tokens["eos_token_id"]
+        view.config.pad_token_id = self.tokens["pad_token_id"]
+        return view
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing:g}"
+
+
+#: tensors of the decoder that are the same tensors as others (tied): left out of saved state dicts
+_TIED = ("decoder.cls.predictions.decoder.weight", "decoder.cls.predictions.decoder.bias")
+
+
+def _drop_tied(module: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    others = {
+        v.data_ptr() for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :] not in _TIED
+    }
+    for name in _TIED:
+        t = state.get(prefix + name)
+        if t is not None and t.data_ptr() in others:  # still tied: the other tensor holds it
+            del state[prefix + name]
+
+
+def _tied_not_missing(module: nn.Module, incompatible: Any) -> None:
+    for key in list(incompatible.missing_keys):
+        if key.endswith(_TIED):
+            incompatible.missing_keys.remove(key)

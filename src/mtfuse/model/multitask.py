@@ -72,10 +72,13 @@ class HeadSpec:
     # regression: the train targets' mean and standard deviation (the head learns on standardised targets)
     target_mean: float | None = None
     target_std: float | None = None
+    # a decoder head (generation): its architecture, Hugging Face config and special token ids (JSON)
+    decoder: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in ("layer", "target_mean", "target_std"):  # heads.json stays as it was where unused
+        # heads.json stays as it was where unused
+        for key in ("layer", "target_mean", "target_std", "decoder"):
             if out[key] is None:
                 del out[key]
         return out
@@ -119,7 +122,13 @@ class HeadSpec:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise MtfuseError(f"{where(source, field=key)}: expected a number or null, got {value!r}")
             stats[key] = None if value is None else float(value)
+        decoder = raw.get("decoder")
+        if decoder is not None and not isinstance(decoder, dict):
+            raise MtfuseError(
+                f"{where(source, field='decoder')}: expected an object or null, got {decoder!r}"
+            )
         return cls(
+            decoder=decoder,
             **stats,
             task=raw["task"],
             task_type=raw["task_type"],
@@ -171,6 +180,9 @@ class MultiTaskModel(nn.Module):
         None for hard sharing. Heads are initialised first, so under hard sharing they draw the same random
         numbers as before sharing methods existed."""
         heads = _new_heads(encoder, specs)
+        for head in heads.values():  # e.g. a decoder starts from the encoder's weights (Rothe et al. 2020)
+            if hasattr(head, "warm_start"):
+                head.warm_start(encoder)
         _check_layers(encoder, specs)
         return cls(encoder, heads, specs, _new_sharing(encoder, specs, sharing))
 

@@ -178,4 +178,5 @@ def describe_split(task: TaskData, split: str) -> dict[str, Any]:
             for lab in items:
                 counts[lab] = counts.get(lab, 0) + 1
         info["labels"] = dict(sorted(counts.items()))
+    info.update(task.type.describe(task, split))
     return info

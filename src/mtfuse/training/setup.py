@@ -39,18 +39,28 @@ def head_dropout(cfg: RunConfig, encoder: Any) -> float:
     return float(getattr(encoder.config, "hidden_dropout_prob", 0.1))
 
 
-def head_specs(tasks: dict[str, TaskData], cfg: RunConfig, dropout: float) -> dict[str, HeadSpec]:
+def head_specs(
+    tasks: dict[str, TaskData],
+    cfg: RunConfig,
+    dropout: float,
+    encoder_config: Any = None,
+    tokenizer: Any = None,
+) -> dict[str, HeadSpec]:
     return {
         name: HeadSpec(
-            task=name,
-            task_type=t.type.name,
-            head=t.type.head,
-            num_outputs=t.type.num_outputs(t.labels),
-            pooling=t.cfg.pooling or cfg.model.pooling or "pooler",
-            dropout=dropout,
-            labels=t.labels,
-            layer=t.cfg.layer,
-            **t.type.head_options(t.gold["train"]),
+            **{
+                "task": name,
+                "task_type": t.type.name,
+                "head": t.type.head,
+                "num_outputs": t.type.num_outputs(t.labels),
+                "pooling": t.cfg.pooling or cfg.model.pooling or "pooler",
+                "dropout": dropout,
+                "labels": t.labels,
+                "layer": t.cfg.layer,
+                **t.type.head_options(t.gold["train"]),
+                # fields that need the encoder / tokenizer (a decoder's config, its vocabulary size)
+                **t.type.head_config(t, encoder_config, tokenizer),
+            }
         )
         for name, t in tasks.items()
     }

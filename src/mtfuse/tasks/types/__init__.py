@@ -2,6 +2,7 @@
 
 from mtfuse.tasks.types.base import IGNORE_INDEX, TASK_TYPES, TaskType, register
 from mtfuse.tasks.types.classification import Classification, PairClassification
+from mtfuse.tasks.types.generation import Generation
 from mtfuse.tasks.types.multilabel import MultiLabel
 from mtfuse.tasks.types.multiple_choice import MultipleChoice
 from mtfuse.tasks.types.regression import Regression
@@ -11,6 +12,7 @@ __all__ = [
     "IGNORE_INDEX",
     "TASK_TYPES",
     "Classification",
+    "Generation",
     "MultiLabel",
     "MultipleChoice",
     "PairClassification",

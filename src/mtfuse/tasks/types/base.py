@@ -86,6 +86,15 @@ class TaskType:
         """Head spec fields computed from the encoded train labels (regression: the targets' scale)."""
         return {}
 
+    def head_config(self, task: Any, encoder_config: Any, tokenizer: Any) -> dict[str, Any]:
+        """Head spec fields that depend on the encoder and the tokenizer (a decoder's config and special
+        tokens); none by default."""
+        return {}
+
+    def describe(self, task: Any, split: str) -> dict[str, Any]:
+        """Extra numbers for `mtfuse data check` on one encoded split (generation: target lengths)."""
+        return {}
+
     def metric_fits(self, metric: str) -> bool:
         return metric in self.metrics_allowed
 
@@ -159,6 +168,9 @@ class TaskType:
     continuous = False
     #: the stacking meta-learner (a name in ``mtfuse.fusion.ensemble.stack.LEARNERS``)
     stack_learner = "multinomial"
+    #: outputs are texts (generation): ensembles select among the members' texts
+    #: (``mtfuse.fusion.ensemble.texts``) instead of fusing ``[units, C]`` rows; no stacking
+    fused_as_text = False
 
     def outputs(self, record: dict[str, Any], labels: list[str] | None, where: str) -> np.ndarray:
         """A prediction record's outputs as ``[units, C]`` rows (the inverse of :meth:`record`)."""
