@@ -109,8 +109,10 @@ def predict(
     ),
     output: Path = typer.Option(..., "--output", help="JSONL with labels and probabilities"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output file"),
+    overrides: list[str] = OVERRIDES,
 ) -> None:
-    """Predict labels (and probabilities) for new inputs."""
+    """Predict labels (and probabilities) for new inputs; overrides change settings such as decoding
+    (tasks.NAME.generation.num_beams=4)."""
     from mtfuse.predict import Predictor
     from mtfuse.rundir import write_jsonl
 
@@ -125,7 +127,7 @@ def predict(
 
         recs = EnsemblePredictor(run_dir).predict_file(task, input)
     else:
-        recs = Predictor(run_dir).predict_file(task, input)
+        recs = Predictor(run_dir, overrides=overrides or []).predict_file(task, input)
     write_jsonl(output, recs)
     console.print(f"wrote {len(recs)} predictions to {output}")
 

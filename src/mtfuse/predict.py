@@ -22,9 +22,17 @@ INPUT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "ts
 class Predictor:
     """Load a run's model once; predict any of its tasks on rows of text."""
 
-    def __init__(self, run_dir: str | Path, device: str | None = None, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        device: str | None = None,
+        batch_size: int = 64,
+        overrides: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        """``overrides``: dotted ``key=value`` changes to the run's config (a generation task's decoding:
+        ``tasks.NAME.generation.num_beams=4``)."""
         self.run_dir = Path(run_dir)
-        self.cfg: RunConfig = rundir.load_run_config(self.run_dir)
+        self.cfg: RunConfig = rundir.load_run_config(self.run_dir, overrides)
         self.model, self.tokenizer = MultiTaskModel.load(self.run_dir / rundir.MODEL, require_tokenizer=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()

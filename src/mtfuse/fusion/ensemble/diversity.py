@@ -73,7 +73,9 @@ def pairwise(ta: TaskArrays) -> dict[str, Any]:
 
 def diversity_report(arrays: dict[str, TaskArrays]) -> dict[str, Any]:
     """``diversity.json``: per task, the pairwise record of :func:`pairwise`."""
-    return {"split": "dev", "tasks": {name: pairwise(ta) for name, ta in arrays.items()}}
+    # tasks with text outputs (generation) have no label decisions to disagree on
+    kept = {name: ta for name, ta in arrays.items() if not ta.type.fused_as_text}
+    return {"split": "dev", "tasks": {name: pairwise(ta) for name, ta in kept.items()}}
 
 
 def _fmt(v: float | None) -> str:

@@ -165,6 +165,7 @@ class MemberTask:
     info: TaskInfo
     outputs: list[np.ndarray]
     gold: list[Any]
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)  # as read (texts: generation)
 
 
 def load_task(member: Member, task: str) -> MemberTask:
@@ -204,7 +205,7 @@ def load_task(member: Member, task: str) -> MemberTask:
             raise MtfuseError(f"{where}: no 'gold' label; fusion needs the dev split's gold labels")
         gold.append(r["gold"])
         outputs.append(info.type.outputs(r, info.labels, where))
-    return MemberTask(member, info, outputs, gold)
+    return MemberTask(member, info, outputs, gold, rows)
 
 
 # ------------------------------------------------------------------------------------------ many members
@@ -405,7 +406,11 @@ def load_all(
                 "the members share no task: "
                 + "; ".join(f"{m.path} has [{', '.join(m.tasks)}]" for m in members)
             )
-    return members, {t: align(members, t) for t in names}
+    from mtfuse.fusion.ensemble.texts import align_texts  # text outputs (generation): selected, not averaged
+
+    return members, {
+        t: (align_texts if members[0].task(t).type.fused_as_text else align)(members, t) for t in names
+    }
 
 
 def metrics_record(per_task: dict[str, dict[str, float]]) -> dict[str, Any]:

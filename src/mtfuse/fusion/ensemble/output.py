@@ -16,6 +16,7 @@ from mtfuse.fusion.ensemble import stack as stack_mod
 from mtfuse.fusion.ensemble.members import Member, load_all, metrics_record, split_names
 from mtfuse.fusion.ensemble.methods import METHODS, TuningOptions
 from mtfuse.fusion.ensemble.protocol import TaskFusion, check_folds, fuse_task, protocol_text
+from mtfuse.fusion.ensemble.texts import fuse_texts
 
 DIVERSITY = "diversity.json"
 
@@ -150,11 +151,18 @@ def fuse(
     m = METHODS.get(method)  # unknown method: "unknown ensemble method 'x'; choose from [...]"
     stack_mod.check_features(features, method)
     members, arrays = load_all(list(run_dirs), split_names(tasks))
+    texts = {name for name, ta in arrays.items() if ta.type.fused_as_text}  # generation: MBR selection
+    if method == "stack" and texts:
+        fuse_texts(arrays[sorted(texts)[0]], method)  # refused with its reason, before any work
     if m.tuned:
         for name, ta in arrays.items():
-            check_folds(name, ta.n_examples, folds)
+            if name not in texts:
+                check_folds(name, ta.n_examples, folds)
     opts = replace(options, seed=seed) if options is not None else TuningOptions(seed=seed)
-    fused = {name: fuse_task(ta, method, folds, opts) for name, ta in arrays.items()}
+    fused = {
+        name: fuse_texts(ta, method) if name in texts else fuse_task(ta, method, folds, opts)
+        for name, ta in arrays.items()
+    }
     return Fusion(method, members, fused, folds, seed, features, diversity_report(arrays))
 
 

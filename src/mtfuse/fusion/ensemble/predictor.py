@@ -52,6 +52,15 @@ class EnsemblePredictor:
         except (KeyError, MtfuseError) as e:
             raise MtfuseError(f"{self.dir / rundir.ENSEMBLE}: task '{task}': {e}") from None
         outs = [self.member(i).predict_rows(task, rows) for i in range(len(self.members))]
+        if tt.fused_as_text:  # generation: the MBR choice among the members' texts
+            from mtfuse.fusion.ensemble.texts import select
+
+            texts = [[tt.text_of(rec, f"member {self.members[m]}") for rec in o] for m, o in enumerate(outs)]
+            out = select(texts, t["params"].get("weights"))
+            return [
+                {"index": i, "text": text, "member": k}
+                for i, (text, k) in enumerate(zip(out["texts"], out["members"], strict=True))
+            ]
         outputs = [
             [
                 tt.outputs(rec, labels, f"member {self.members[m]}, input row {r + 1}")

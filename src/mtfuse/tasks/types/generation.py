@@ -332,10 +332,10 @@ class Generation(TaskType):
         return text
 
     def outputs(self, record: dict[str, Any], labels: list[str] | None, where: str) -> np.ndarray:
-        raise MtfuseError(
-            f"{where}: a generation task's outputs are texts, fused by minimum-Bayes-risk selection "
-            "(mtfuse.fusion.ensemble.texts), not by averaging probabilities"
-        )
+        """One unit without columns: the outputs are texts (:meth:`text_of`), selected among by MBR
+        (``mtfuse.fusion.ensemble.texts``), never averaged."""
+        self.text_of(record, where)
+        return np.zeros((1, 0))
 
     def fisher_log_likelihood(
         self, logits: torch.Tensor, labels: torch.Tensor, mode: str, gen: torch.Generator
