@@ -304,6 +304,22 @@ def data_check(
         err_console.print(w, style="yellow", markup=False, highlight=False, soft_wrap=True, emoji=False)
 
 
+def _target_table(report: dict[str, Any]) -> None:
+    """Generation tasks: target lengths in tokens and how many targets max_target_length cuts."""
+    rows = [(n, s, i) for n, splits in report.items() for s, i in splits.items() if "target_tokens_mean" in i]
+    if not rows:
+        return
+    table = Table(title="targets (generation tasks)")
+    table.add_column("task", overflow="fold")
+    table.add_column("split")
+    for col in ("tokens mean", "p95", "max", "truncated"):
+        table.add_column(col, justify="right")
+    for name, s, info in rows:
+        keys = ("target_tokens_mean", "target_tokens_p95", "target_tokens_max", "targets_truncated")
+        table.add_row(name, s, *(str(info[k]) for k in keys))
+    console.print(table)
+
+
 def _data_check_tables(title: str, report: dict[str, Any], unseen: dict[str, Any]) -> None:
     # One narrow table of sizes (fits 80 columns), then one table of label counts per task: label names can
     # be long and many (BIO tags), so they get rows of their own instead of a squeezed cell.
@@ -330,6 +346,7 @@ def _data_check_tables(title: str, report: dict[str, Any], unseen: dict[str, Any
                 str(info["truncated"]),
             )
     console.print(table)
+    _target_table(report)
     for name, splits in report.items():
         counted = {s: info["labels"] for s, info in splits.items() if "labels" in info}
         if not counted:

@@ -58,6 +58,11 @@ class DataConfig(Strict):
     dev_from_train: float | None = None
     dev_seed: int = 0
     stratify: str | None = None
+    # format 'parallel': the source and target file endings after each split's stem (['.en.gz', '.de.gz'])
+    suffixes: list[str] = Field(default_factory=list)
+    # format 'dailydialog': turns before a response that form its context (0: all of them), joined by
+    context_turns: int = Field(1, ge=0)
+    turn_separator: str = " "
 
     @field_validator("encoding")
     @classmethod

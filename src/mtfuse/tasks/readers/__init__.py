@@ -14,6 +14,9 @@ One reader instance is registered per ``data.format`` in :data:`READERS`, one mo
 * ``lines`` (:mod:`.lines`): one example a line: the line is the field ``text``, or ``pattern`` (a regular
   expression with named groups) splits it into fields (``LABEL text`` lines), or ``field_files`` gives one
   file per field, aligned line by line (text and labels in separate files).
+* ``parallel`` (:mod:`.parallel`): two aligned line files per split (source / target), gzip allowed
+  (Multi30k); ``dailydialog`` (:mod:`.dailydialog`): ``__eou__``-separated dialogues as context -> response
+  pairs. jsonl rows may hold lists (SciTLDR: the source sentences, the target references).
 * ``hf`` (:mod:`.hf`): a Hugging Face ``datasets`` dataset (hub name, ``save_to_disk`` directory or local
   data directory).
 
@@ -34,6 +37,7 @@ Importing this package imports every format module, which registers its reader.
 from __future__ import annotations
 
 from mtfuse.tasks.readers import conll, copa, delimited, glue, hf, jsonl, lines, parquet
+from mtfuse.tasks.readers import dailydialog, parallel  # generation data
 from mtfuse.tasks.readers.base import (
     BOM,
     READERS,
@@ -69,6 +73,7 @@ __all__ = [
     "carve_dev",
     "conll",
     "copa",
+    "dailydialog",
     "delimited",
     "glue",
     "glue_task",
@@ -76,6 +81,7 @@ __all__ = [
     "jsonl",
     "label_map",
     "lines",
+    "parallel",
     "parquet",
     "read_split",
 ]
