@@ -56,6 +56,11 @@ def _multiple_choice(rng: random.Random) -> dict[str, Any]:
     return {"context": " ".join(s), "endings": endings, "label": right}
 
 
+def _generation(rng: random.Random) -> dict[str, Any]:
+    s = _sentence(rng, 4)
+    return {"source": " ".join(s), "target": [" ".join(reversed(s)), " ".join(s[:2])]}
+
+
 #: task type -> (row builder, text_fields, label_field, metrics)
 DATA: dict[str, tuple[Any, list[str], str]] = {
     "classification": (_classification, ["text"], "label"),
@@ -64,6 +69,7 @@ DATA: dict[str, tuple[Any, list[str], str]] = {
     "multilabel": (_multilabel, ["text"], "label"),
     "token_classification": (_token, ["tokens"], "tags"),
     "multiple_choice": (_multiple_choice, ["context", "endings"], "label"),
+    "generation": (_generation, ["source"], "target"),
 }
 
 
@@ -119,7 +125,12 @@ def test_task_type_through_every_command(tmp_path: Path, tiny_model_dir: Path, t
     assert len(preds) == 2
 
     ok("ensemble", *runs, "--method", "mean", "--output", tmp_path / "ens")
-    ok("stack", *runs, "--folds", "3", "--output", tmp_path / "stack")
+    if TASK_TYPES.get(ttype).fused_as_text:  # texts: no probabilities to stack; the type says so
+        code, out, err = run_cli(["stack", *runs, "--folds", "3", "--output", tmp_path / "stack"])
+        assert code == 2 and "stacking" in err and "texts" in err and not (tmp_path / "stack").exists()
+        ok("ensemble", *runs, "--method", "mbr", "--output", tmp_path / "stack")  # compared in its place
+    else:
+        ok("stack", *runs, "--folds", "3", "--output", tmp_path / "stack")
     ok("merge", *runs, "--method", "greedy_soup", "--output", tmp_path / "merged")  # same task: a soup
     ok("predict", tmp_path / "ens", "--task", "t", "--input", inp, "--output", tmp_path / "pred-ens.jsonl")
     ok(

@@ -30,6 +30,7 @@ RAW = {
     "multilabel": ["B-X|O", "I-X", "B-X,I-X,O"],
     "token_classification": [["B-X", "I-X"], ["O"], ["B-X", "I-X", "O"]],
     "multiple_choice": [2, 0, "1"],
+    "generation": ["ein Hund", ["zwei Katzen", "2 Katzen"], "ein Haus"],
 }
 #: the label vocabulary of a type whose labels are not names (default: LABELS)
 VOCAB = {"multiple_choice": ["0", "1", "2"]}
@@ -57,9 +58,35 @@ def _examples(tt: TaskType) -> tuple[list[str] | None, list[dict], torch.Tensor,
     return labels, recs, logits, batch_labels
 
 
+def _text_type_fuses(tt: TaskType) -> None:
+    """A type whose outputs are texts (generation): records carry the text, members' texts are selected
+    among by MBR, and the token-level Fisher log-likelihood ignores padding."""
+    from mtfuse.fusion.ensemble.texts import select
+
+    golds = [tt.gold_record(tt.encode_label(v, None, "row", "label", "train"), None) for v in RAW[tt.name]]
+    recs = [{"index": i, **tt.record(f"text {i}", -0.5, None), "gold": g} for i, g in enumerate(golds)]
+    recs = [json.loads(json.dumps(r)) for r in recs]
+    assert [tt.text_of(r, "rec") for r in recs] == ["text 0", "text 1", "text 2"]
+    assert all(tt.same_gold(r["gold"], g) for r, g in zip(recs, golds, strict=True))
+    out = select([["a b c", "x"], ["a b d", "y"], ["a b c", "y"]])
+    assert out == {"texts": ["a b c", "y"], "members": [0, 1]}
+    logits = torch.randn(2, 4, 7, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[1, 2, -100, -100], [3, 4, 5, -100]])
+    for mode in ("sampled", "predicted", "gold"):
+        x = logits.clone().requires_grad_(True)
+        ll = tt.fisher_log_likelihood(x, labels, mode, torch.Generator().manual_seed(1))
+        assert ll.dim() == 0 and torch.isfinite(ll)
+        ll.backward()
+        assert x.grad is not None and float(x.grad[0, 2].abs().sum()) == 0.0  # padding has no say
+
+
 @pytest.mark.parametrize("name", TASK_TYPES.names())
 def test_every_task_type_implements_fusion(name: str) -> None:
     tt = TASK_TYPES.get(name)
+    if tt.fused_as_text:
+        assert name in RAW, f"task type '{tt.name}': add three example labels to RAW in {__file__}"
+        _text_type_fuses(tt)
+        return
     labels, recs, logits, batch_labels = _examples(tt)
     assert tt.fuses_with(tt) and tt.unit in ("example", "word")
     assert tt.stack_learner in LEARNERS

@@ -106,6 +106,7 @@ def test_head_registry_names() -> None:
         "multilabel",
         "multiple_choice",
         "regression",
+        "seq2seq_decoder",
         "token_classification",
     ]
 

@@ -49,7 +49,19 @@ def conll_rows() -> dict[str, list[dict]]:
 
 
 def test_registered_formats() -> None:
-    assert READERS.names() == ["conll", "copa", "csv", "glue", "hf", "jsonl", "lines", "parquet", "tsv"]
+    assert READERS.names() == [
+        "conll",
+        "copa",
+        "csv",
+        "dailydialog",
+        "glue",
+        "hf",
+        "jsonl",
+        "lines",
+        "parallel",
+        "parquet",
+        "tsv",
+    ]
     assert all(isinstance(READERS.get(n), Reader) for n in READERS)
 
 

@@ -36,8 +36,18 @@ Importing this package imports every format module, which registers its reader.
 
 from __future__ import annotations
 
-from mtfuse.tasks.readers import conll, copa, delimited, glue, hf, jsonl, lines, parquet
-from mtfuse.tasks.readers import dailydialog, parallel  # generation data
+from mtfuse.tasks.readers import (  # generation data
+    conll,
+    copa,
+    dailydialog,
+    delimited,
+    glue,
+    hf,
+    jsonl,
+    lines,
+    parallel,
+    parquet,
+)
 from mtfuse.tasks.readers.base import (
     BOM,
     READERS,
