@@ -96,6 +96,7 @@ def config(task_list: list[dict[str, Any]], size: dict[str, int], steps: int, ca
             "diagnostics": False,
             "checkpoint_minutes": None,
             "log_every": max(1, steps // 4),
+            "eval_every": steps,  # decoding is the slow part: score once, at the end
         },
     }
 
