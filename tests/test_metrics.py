@@ -13,11 +13,22 @@ from mtfuse.metrics import METRICS, aggregate, task_score
 
 
 def test_registry_names() -> None:
+    generation = ["bleu", "chrf", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "gen_len"]
     assert METRICS.names() == sorted(
-        ["accuracy", "f1", "matthews", "pearson", "spearman", "seqeval_f1", "micro_f1", "macro_f1"]
+        [
+            "accuracy",
+            "f1",
+            "matthews",
+            "pearson",
+            "spearman",
+            "seqeval_f1",
+            "micro_f1",
+            "macro_f1",
+            *generation,
+        ]
     )
-    with pytest.raises(ConfigError, match="unknown metric 'bleu'"):
-        METRICS.get("bleu")
+    with pytest.raises(ConfigError, match="unknown metric 'meteor'"):
+        METRICS.get("meteor")
 
 
 def test_accuracy() -> None:

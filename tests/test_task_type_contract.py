@@ -128,7 +128,7 @@ def test_task_type_through_every_command(tmp_path: Path, tiny_model_dir: Path, t
     if TASK_TYPES.get(ttype).fused_as_text:  # texts: no probabilities to stack; the type says so
         code, out, err = run_cli(["stack", *runs, "--folds", "3", "--output", tmp_path / "stack"])
         assert code == 2 and "stacking" in err and "texts" in err and not (tmp_path / "stack").exists()
-        ok("ensemble", *runs, "--method", "mbr", "--output", tmp_path / "stack")  # compared in its place
+        ok("ensemble", *runs, "--method", "vote", "--output", tmp_path / "stack")  # compared in its place
     else:
         ok("stack", *runs, "--folds", "3", "--output", tmp_path / "stack")
     ok("merge", *runs, "--method", "greedy_soup", "--output", tmp_path / "merged")  # same task: a soup

@@ -15,7 +15,7 @@ from rouge_score import rouge_scorer
 
 from mtfuse.config import DataConfig, GenerationConfig, RunConfig
 from mtfuse.errors import DataError
-from mtfuse.evaluate import predict_encoded, score
+from mtfuse.evaluate import predict_encoded
 from mtfuse.metrics import METRICS, task_score
 from mtfuse.model import MultiTaskModel, load_encoder
 from mtfuse.tasks.prepare import prepare_tasks

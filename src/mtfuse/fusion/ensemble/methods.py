@@ -125,16 +125,3 @@ _register(
 
 #: what a voting method becomes on continuous outputs (regression), where a vote has no meaning
 VOTE_FALLBACK = "mean"
-
-
-def _apply_mbr(P: np.ndarray, params: dict[str, Any], task_type: TaskType) -> np.ndarray:
-    from mtfuse.errors import MtfuseError
-
-    raise MtfuseError(
-        f"'mbr' selects among generated texts (generation tasks); a {task_type.name} task's outputs are "
-        "probabilities: use mean, vote or a tuned method for it (generation tasks are fused by MBR anyway)"
-    )
-
-
-# minimum-Bayes-risk selection among members' texts (Kumar & Byrne 2004): see mtfuse.fusion.ensemble.texts
-_register(EnsembleMethod("mbr", False, _fit_uniform, _apply_mbr, "minimum-Bayes-risk text selection (chrF)"))

@@ -65,7 +65,8 @@ class Fusion:
                 "labels": f.ta.labels,
                 "metrics": f.ta.metrics,
                 "method": f.method,
-                "tuned": METHODS.get(f.method).tuned,
+                # text tasks (generation) are fused by MBR selection, which tunes nothing
+                "tuned": False if f.ta.type.fused_as_text else METHODS.get(f.method).tuned,
                 "params": f.params,
                 "weights": f.params.get("weights"),
                 "fold_weights": [p["weights"] for p in f.fold_params]

@@ -21,7 +21,7 @@ from mtfuse.errors import MtfuseError
 from mtfuse.tasks.types import TaskType
 
 UTILITY = "chrf"
-METHOD = "mbr"
+METHOD = "mbr"  # what ensemble.json records as the method of a text task
 
 
 @dataclass
@@ -113,8 +113,7 @@ def fuse_texts(ta: TextArrays, method: str) -> Any:
         )
     weights = [1.0 / ta.n_members] * ta.n_members
     out = select(ta.texts, weights)
-    note = None
-    if method != METHOD:
-        note = f"'{method}' fuses labels; a {ta.type.name} task's texts are fused by MBR with {UTILITY}"
+    # the --method applies to the label tasks of the same runs; texts are always selected by MBR
+    note = f"'{method}' fuses labels; a {ta.type.name} task's texts are fused by MBR with {UTILITY}"
     params = {"weights": weights, "utility": UTILITY}
     return TaskFusion(ta, METHOD, out, ta.score(out["texts"]), params, [], note, None)  # type: ignore[arg-type]
