@@ -1,5 +1,5 @@
 """`mtfuse` command line: train, evaluate, predict, ensemble, stack, diversity, compare, merge, affinity, data check,
-demo.
+demo, serve, export.
 
 Every user error (bad config, bad data, existing output) is one line on stderr and exit code 2, no traceback.
 """
@@ -481,6 +481,57 @@ def merge(
 
         result, _ = evaluate_run(output, "dev", [], output / "metrics.json", whole_splits=False)
         console.print(metrics_table(f"dev metrics ({output})", result["tasks"], average=result["average"]))
+
+
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="a train, merge, ensemble or stack directory"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="port (0: any free port)"),
+    max_batch: int = typer.Option(32, help="rows per model call, across requests (1: no dynamic batching)"),
+    max_wait_ms: float = typer.Option(5.0, help="how long to wait for more requests to fill a batch"),
+    max_queue: int = typer.Option(256, help="requests waiting for the model; past it: 503 + Retry-After"),
+    max_inputs: int = typer.Option(256, help="inputs per request; past it: 413"),
+    max_body_bytes: int = typer.Option(1_000_000, help="request body size; past it: 413"),
+    backend: str = typer.Option("torch", help="torch | onnx | onnx-int8 (onnx: needs `mtfuse export` first)"),
+    device: str = typer.Option(None, help="torch device (default: cuda if available)"),
+    threads: int = typer.Option(None, help="CPU threads of the model (default: torch's)"),
+) -> None:
+    """Serve predictions over HTTP: POST /v1/predict, /v1/predict_all; GET /v1/tasks, /health, /ready,
+    /metrics, /docs."""
+    from mtfuse.serve import ServeSettings, serve_command
+
+    settings = ServeSettings(
+        host=host,
+        port=port,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_inputs=max_inputs,
+        max_body_bytes=max_body_bytes,
+        backend=backend,
+        device=device,
+        threads=threads,
+    )
+    serve_command(run_dir, settings, log=lambda m: console.print(m, markup=False, highlight=False))
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a train or merge directory"),
+    format: str = typer.Option("onnx", "--format", help="onnx"),
+    quantize: str = typer.Option(None, "--quantize", help="also write an int8 model (int8)"),
+    output: Path = typer.Option(None, "--output", "-o", help="export directory (default RUN_DIR/onnx)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier export"),
+) -> None:
+    """Export the encoder and every head as one ONNX graph (dynamic batch and sequence axes)."""
+    from mtfuse.export import export_command
+
+    out, meta = export_command(run_dir, format, quantize, output, overwrite, log=console.print)
+    worst = max(meta["parity_max_abs_diff"].values())
+    files = ", ".join(meta["files"].values())
+    console.print(f"wrote {out} ({files}); outputs: {', '.join(o['name'] for o in meta['outputs'])}")
+    console.print(f"max |logit difference| torch vs onnxruntime (fp32): {worst:.1e}")
 
 
 @app.command()

@@ -40,6 +40,10 @@ MERGE = "merge.json"  # the merge request and its record (replay: mtfuse merge -
 SEARCH = "search.json"
 ENSEMBLE = "ensemble.json"  # an ensemble's or stack's members, method and fitted parameters
 COMPARE = "compare.json"
+ONNX = "onnx"  # `mtfuse export --format onnx`: RUN_DIR/onnx/ (model.onnx, model.int8.onnx, export.json, tokenizer)
+ONNX_MODEL = "model.onnx"
+ONNX_INT8 = "model.int8.onnx"
+EXPORT = "export.json"  # what an export holds: inputs, outputs per task, head specs, the model it came from
 PREVIOUS = ".previous-run"  # an old run moved aside by train --overwrite until the new one is written
 
 TRAIN_FILES = (CONFIG, MODEL, CHECKPOINTS, METRICS, RESULTS, PREDICTIONS, LOG, TENSORBOARD, BEST_MODEL)
@@ -53,6 +57,7 @@ FAMILY = {
     "stack": "ensemble",
     "compare": "compare",
     "affinity": "affinity",
+    "export": "export",
 }
 
 
@@ -97,6 +102,8 @@ def owner(path: Path) -> str | None:
     # written before the marker existed: recognise the files
     if (path / COMPARE).is_file():
         return "compare"
+    if (path / EXPORT).is_file():
+        return "export"
     if (path / ENSEMBLE).is_file():
         return "ensemble"
     if (path / MERGE).is_file():
