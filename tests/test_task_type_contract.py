@@ -61,6 +61,12 @@ def _generation(rng: random.Random) -> dict[str, Any]:
     return {"source": " ".join(s), "target": [" ".join(reversed(s)), " ".join(s[:2])]}
 
 
+def _intent_slots(rng: random.Random) -> dict[str, Any]:
+    s = _sentence(rng)
+    slots = ["B-city" if w in ("London", "Paris") else "O" for w in s]
+    return {"tokens": s, "label": {"intent": "trip" if "B-city" in slots else "review", "slots": slots}}
+
+
 #: task type -> (row builder, text_fields, label_field, metrics)
 DATA: dict[str, tuple[Any, list[str], str]] = {
     "classification": (_classification, ["text"], "label"),
@@ -70,6 +76,7 @@ DATA: dict[str, tuple[Any, list[str], str]] = {
     "token_classification": (_token, ["tokens"], "tags"),
     "multiple_choice": (_multiple_choice, ["context", "endings"], "label"),
     "generation": (_generation, ["source"], "target"),
+    "intent_slots": (_intent_slots, ["tokens"], "label"),
 }
 
 

@@ -270,7 +270,8 @@ def data_check(
     from mtfuse.model import load_tokenizer
     from mtfuse.model.encoder import load_encoder_config
     from mtfuse.plan import check_data, check_encoder, make_plan
-    from mtfuse.tasks.prepare import describe_split, prepare_tasks, task_splits
+    from mtfuse.tasks.prepare import describe_split, examples_with, prepare_tasks, task_splits
+    from mtfuse.tasks.types import TASK_TYPES
 
     cfg = config_mod.load(config, overrides or [])  # the plan step's checks run here
     check_encoder(cfg, load_encoder_config(cfg.model.name_or_path))  # e.g. max_length past the positions
@@ -286,15 +287,21 @@ def data_check(
         labels[tc.name] = task.labels
         for s, labs in unseen.get(tc.name, {}).items():
             report[tc.name][s]["unseen_in_train"] = labs
+            report[tc.name][s]["examples_with_unseen"] = examples_with(task, s, labs)
     check_data(make_plan(cfg), labels)  # metrics that need the label set (binary F1 on three classes)
     warnings = []
     for tc in cfg.tasks:
         for s, labs in unseen.get(tc.name, {}).items():
             shown = ", ".join(labs[:10]) + (f", ... ({len(labs)} in all)" if len(labs) > 10 else "")
             where = f"tasks.{tc.name}.labels" if tc.labels is not None else "train"
+            n = report[tc.name][s]["examples_with_unseen"]
+            note = TASK_TYPES.get(tc.type).unseen_labels_note(tc)
+            what = note or (
+                f"train and evaluate refuse them (add them to tasks.{tc.name}.labels, or drop those rows)"
+            )
             warnings.append(
-                f"warning: task '{tc.name}': {s} has {len(labs)} label(s) not in {where}: [{shown}]; train "
-                f"and evaluate refuse them (add them to tasks.{tc.name}.labels, or drop those rows)"
+                f"warning: task '{tc.name}': {s} has {len(labs)} label(s) not in {where}: [{shown}] "
+                f"({n} example(s)); {what}"
             )
     if as_json:
         print(json.dumps(report, indent=1))

@@ -163,6 +163,15 @@ class GenerationConfig(Strict):
     max_new_tokens: int = Field(64, ge=1)
 
 
+class IntentSlotsOptions(Strict):
+    """Options of an ``intent_slots`` task (``mtfuse.tasks.types.intent_slots``)."""
+
+    slot_weight: NonNegativeFloat = Field(1.0, allow_inf_nan=False)  # loss = CE(intent) + w * CE(slots)
+    # labels train never has (ATIS test): unseen_class = designated classes the head never predicts, so they
+    # count as errors and no example is dropped (SlotGated-SLU's _UNK); error = refuse them, as other types do
+    unseen_labels: Literal["unseen_class", "error"] = "unseen_class"
+
+
 class TaskConfig(Strict):
     name: str
     type: str
@@ -178,6 +187,7 @@ class TaskConfig(Strict):
     # 0 = embeddings, 1..L = transformer layers, negative = from the top (-1 = last)
     layer: int | None = None
     generation: GenerationConfig | None = None  # type 'generation' only (default: its defaults)
+    intent_slots: IntentSlotsOptions | None = None  # type intent_slots only; default: IntentSlotsOptions()
 
     @field_validator("name")
     @classmethod

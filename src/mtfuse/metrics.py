@@ -133,6 +133,41 @@ def macro_f1(preds: Any, golds: Any) -> float:
     return 100.0 * float(_f1(tp, fp, fn).mean()) if tp.size else 0.0
 
 
+# -- joint intent detection + slot filling: one frame [intent, tag, tag, ...] per utterance -----------------
+
+
+def _frames(
+    preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]
+) -> list[tuple[list[str], list[str]]]:
+    p, g = [list(x) for x in preds], [list(x) for x in golds]
+    if len(p) != len(g) or any(len(a) != len(b) or not a for a, b in zip(p, g, strict=True)):
+        raise ValueError("predicted and gold frames ([intent, tag, ...]) differ in number or length")
+    return list(zip(p, g, strict=True))
+
+
+@METRICS.register("intent_accuracy")
+def intent_accuracy(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) -> float:
+    """Fraction of utterances whose intent (frame item 0) is right, x100."""
+    pairs = _frames(preds, golds)
+    return 100.0 * float(np.mean([a[0] == b[0] for a, b in pairs])) if pairs else 0.0
+
+
+@METRICS.register("slot_f1")
+def slot_f1(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) -> float:
+    """Entity-level micro F1 of the slot tags (frame items 1...), x100: seqeval's conlleval-compatible mode, the
+    slot F1 of the ATIS / SNIPS literature (Goo et al. 2018)."""
+    pairs = _frames(preds, golds)
+    return seqeval_f1([a[1:] for a, _ in pairs], [b[1:] for _, b in pairs])
+
+
+@METRICS.register("frame_accuracy")
+def frame_accuracy(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) -> float:
+    """Sentence-level semantic frame accuracy, x100: the intent and every slot tag right (Goo et al. 2018's
+    "sentence accuracy")."""
+    pairs = _frames(preds, golds)
+    return 100.0 * float(np.mean([a == b for a, b in pairs])) if pairs else 0.0
+
+
 def task_score(metrics: Mapping[str, float]) -> float:
     """One number per task: the mean of its metrics (e.g. MRPC = mean(F1, accuracy), as on the GLUE board).
     Descriptive figures that are not scores (``DESCRIPTIVE``: a generation task's ``gen_len``) are left out."""

@@ -73,6 +73,12 @@ def make_plan(cfg: RunConfig) -> Plan:
                 f"tasks.{t.name}.text_fields: task type '{t.type}' takes "
                 f"{' or '.join(map(str, ttype.text_fields_allowed))} text field(s), got {len(t.text_fields)}"
             )
+        for other in TASK_TYPES:  # a type's own options section belongs to tasks of that type only
+            section = TASK_TYPES.get(other).options_field
+            if section and section != ttype.options_field and getattr(t, section, None) is not None:
+                raise ConfigError(
+                    f"tasks.{t.name}.{section}: applies to tasks of type '{other}', not '{t.type}'"
+                )
         types[t.name] = ttype
 
     sharing_cls = SHARING.get(cfg.model.sharing.method)

@@ -31,9 +31,18 @@ RAW = {
     "token_classification": [["B-X", "I-X"], ["O"], ["B-X", "I-X", "O"]],
     "multiple_choice": [2, 0, "1"],
     "generation": ["ein Hund", ["zwei Katzen", "2 Katzen"], "ein Haus"],
+    "intent_slots": [
+        {"intent": "a", "slots": ["B-X", "I-X"]},
+        {"intent": "b", "slots": "O"},
+        {"intent": "a#b", "slots": ["O", "B-X", "I-X"]},
+    ],
 }
 #: the label vocabulary of a type whose labels are not names (default: LABELS)
-VOCAB = {"multiple_choice": ["0", "1", "2"]}
+VOCAB = {
+    "multiple_choice": ["0", "1", "2"],
+    "intent_slots": ["intent:<unseen>", "intent:a", "intent:a#b", "intent:b"]
+    + ["slot:B-<unseen>", "slot:B-X", "slot:I-<unseen>", "slot:I-X", "slot:O"],
+}
 
 
 def _examples(tt: TaskType) -> tuple[list[str] | None, list[dict], torch.Tensor, torch.Tensor]:
@@ -52,7 +61,7 @@ def _examples(tt: TaskType) -> tuple[list[str] | None, list[dict], torch.Tensor,
     for i, enc in enumerate(encoded):
         p, pr, gold = preds[i], probs[i], enc
         if tt.token_level:  # one prediction per word the model saw; the gold as tags (TaskData.gold)
-            p, pr, gold = p[: len(enc)], pr[: len(enc)], [LABELS[j] for j in enc]
+            p, pr, gold = p[: len(enc)], pr[: len(enc)], [(labels or LABELS)[j] for j in enc]
         rec = {"index": i, **tt.record(p, pr, labels), "gold": tt.gold_record(gold, labels)}
         recs.append(json.loads(json.dumps(rec)))  # as written to predictions/<task>.jsonl
     return labels, recs, logits, batch_labels

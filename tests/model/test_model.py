@@ -103,6 +103,7 @@ def test_load_encoder_missing_dir_and_dir_without_config(tmp_path: Path) -> None
 def test_head_registry_names() -> None:
     assert HEADS.names() == [
         "classification",
+        "intent_slots",
         "multilabel",
         "multiple_choice",
         "regression",

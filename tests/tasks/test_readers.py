@@ -50,6 +50,7 @@ def conll_rows() -> dict[str, list[dict]]:
 
 def test_registered_formats() -> None:
     assert READERS.names() == [
+        "atis",
         "conll",
         "copa",
         "csv",

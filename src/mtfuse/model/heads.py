@@ -13,6 +13,8 @@ as ``head(hidden [B,T,H], attention_mask [B,T], pooler_output [B,H] | None)`` (a
   (as ``BertForTokenClassification``)
 - ``multiple_choice``: one score per (context, choice) sequence, pool -> dropout -> Linear(H, 1), the
   ``[B * K, T]`` rows' scores reshaped to [B, K] with K = the number of choices (as ``BertForMultipleChoice``)
+- ``intent_slots``: the intent (pooled, Linear(H, I)) at position 0 and slot logits (Linear(H, S)) at the
+  other positions, in one tensor [B, T, I + S], each block masked off where it does not belong
 
 Pooling (:func:`pool`): ``pooler`` = the encoder's own pooler output (dense + tanh on [CLS], what Hugging
 Face feeds its sequence classifier), ``cls`` = the hidden state at position 0, ``mean`` = the mean over real
@@ -24,6 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from mtfuse.errors import ConfigError, MtfuseError
@@ -335,3 +338,65 @@ def _tied_not_missing(module: nn.Module, incompatible: Any) -> None:
     for key in list(incompatible.missing_keys):
         if key.endswith(_TIED):
             incompatible.missing_keys.remove(key)
+
+
+@HEADS.register("intent_slots")
+class IntentSlotsHead(ClassificationHead):
+    """Joint intent + slots (``mtfuse.tasks.types.intent_slots``): pool -> dropout -> Linear(H, I) for the
+    intent and dropout -> Linear(H, S) on every position for the slots, packed into one tensor [B, T, I + S]
+    in the task's label order (the I ``intent:`` labels, then the S ``slot:`` labels). Position 0 (the leading
+    special token, never a word) holds the intent logits, the other positions the slot logits; the other
+    block, and the designated ``<unseen>`` classes, get a large negative logit, so each row's softmax is a
+    distribution over its own block. One tensor keeps the loss, autocast, Fisher, ensembles and export as
+    for a token head."""
+
+    NEG = -1.0e4  # exp() of it is 0 in float32, and it fits float16 / bfloat16
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_outputs: int,
+        pooling: str,
+        dropout: float,
+        initializer_range: float = 0.02,
+        labels: list[str] | None = None,
+    ) -> None:
+        from mtfuse.tasks.types.intent_slots import INTENT, SLOT, UNSEEN_LABELS
+
+        if not labels or len(labels) != num_outputs:
+            raise ConfigError("an intent_slots head needs its label list (intent: labels, then slot: labels)")
+        n_intents = sum(x.startswith(INTENT) for x in labels)
+        if not labels[:n_intents] == [x for x in labels if x.startswith(INTENT)] or not all(
+            x.startswith(SLOT) for x in labels[n_intents:]
+        ):
+            raise ConfigError(
+                "an intent_slots head's labels must be the intent: labels, then the slot: labels"
+            )
+        if n_intents < 1 or n_intents == num_outputs:
+            raise ConfigError("an intent_slots head needs at least one intent and one slot label")
+        super().__init__(hidden_size, n_intents, pooling, dropout, initializer_range)
+        self.slot_classifier = nn.Linear(hidden_size, num_outputs - n_intents)
+        nn.init.normal_(self.slot_classifier.weight, mean=0.0, std=initializer_range)
+        nn.init.zeros_(self.slot_classifier.bias)
+        never = torch.tensor([self.NEG if x in UNSEEN_LABELS else 0.0 for x in labels])
+        # not saved (persistent=False): heads.safetensors holds weights only; the labels rebuild the masks
+        self.register_buffer("intent_mask", never[:n_intents].clone(), persistent=False)
+        self.register_buffer("slot_mask", never[n_intents:].clone(), persistent=False)
+
+    @classmethod
+    def spec_kwargs(cls, spec: Any) -> dict[str, Any]:
+        return {"labels": getattr(spec, "labels", None)}
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None, pooler_output: Tensor | None) -> Tensor:
+        intent = super().forward(hidden, attention_mask, pooler_output)  # [B, I]
+        slots = self.slot_classifier(self.dropout(hidden))  # [B, T, S]
+        intent = intent + self.intent_mask.to(intent.dtype)
+        slots = slots + self.slot_mask.to(slots.dtype)
+        b, t = hidden.shape[:2]
+        n_i, n_s = intent.shape[-1], slots.shape[-1]
+        first = torch.cat([intent[:, None], intent.new_full((b, 1, n_s), self.NEG)], dim=-1)
+        rest = torch.cat([slots.new_full((b, t - 1, n_i), self.NEG), slots[:, 1:]], dim=-1)
+        return torch.cat([first, rest.to(first.dtype)], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"intents={self.classifier.out_features}, slots={self.slot_classifier.out_features}"

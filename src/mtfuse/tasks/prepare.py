@@ -166,17 +166,24 @@ def describe_split(task: TaskData, split: str) -> dict[str, Any]:
     elif task.labels is not None:
         counts: dict[str, int] = {}
         for g in gold:
-            items = (
-                g
-                if isinstance(g, list)
-                else (
-                    [task.labels[i] for i in np.flatnonzero(g)]
-                    if isinstance(g, np.ndarray)
-                    else [task.labels[g]]
-                )
-            )
-            for lab in items:
+            for lab in _gold_names(task, g):
                 counts[lab] = counts.get(lab, 0) + 1
         info["labels"] = dict(sorted(counts.items()))
     info.update(task.type.describe(task, split))
     return info
+
+
+def _gold_names(task: TaskData, g: Any) -> list[str]:
+    """The label names one example's gold carries (a token task's tags, a multi-label row's labels)."""
+    assert task.labels is not None
+    if isinstance(g, list):
+        return g
+    if isinstance(g, np.ndarray):
+        return [task.labels[i] for i in np.flatnonzero(g)]
+    return [task.labels[g]]
+
+
+def examples_with(task: TaskData, split: str, labels: list[str]) -> int:
+    """How many examples of ``split`` carry one of ``labels`` (`mtfuse data check`: those train lacks)."""
+    wanted = set(labels)
+    return sum(bool(wanted.intersection(_gold_names(task, g))) for g in task.gold.get(split, []))

@@ -73,7 +73,9 @@ def task_losses(
 
 def task_loss(ctx: StepContext, name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The task type's loss, with what its head adds (a regression head's target scale)."""
-    return ctx.tasks[name].type.loss(logits, labels, **ctx.core.heads[name].loss_kwargs())
+    task = ctx.tasks[name]
+    extra = task.type.loss_options(task.cfg)  # e.g. an intent_slots task's slot_weight
+    return task.type.loss(logits, labels, **ctx.core.heads[name].loss_kwargs(), **extra)
 
 
 def loss_level_backward(

@@ -6,6 +6,8 @@ One reader instance is registered per ``data.format`` in :data:`READERS`, one mo
   MRPC, RTE, WNLI, STS-B); rows get canonical fields (``sentence`` or ``sentence1``/``sentence2``, and
   ``label``), labels stay strings as in the file.
 * ``conll`` (:mod:`.conll`): CoNLL-2003 style token-per-line files; rows are ``{"tokens": [...], "tags": [...]}``.
+* ``atis`` (:mod:`.atis`): a folder per split with ``seq.in`` / ``seq.out`` / ``label`` aligned line by line
+  (ATIS, SNIPS); rows are ``{"tokens": [...], "label": {"intent": ..., "slots": [...]}}`` (type ``intent_slots``).
 * ``copa`` (:mod:`.copa`): the COPA XML; rows are ``{"context", "choices": [a1, a2], "label": 0 | 1, ...}``
   (the context ends with the cause / effect question); no train split (map one with ``data.files``).
 * ``csv``, ``tsv`` (:mod:`.delimited`), ``jsonl`` (:mod:`.jsonl`), ``parquet`` (:mod:`.parquet`): generic
@@ -37,6 +39,7 @@ Importing this package imports every format module, which registers its reader.
 from __future__ import annotations
 
 from mtfuse.tasks.readers import (  # generation data
+    atis,
     conll,
     copa,
     dailydialog,
@@ -48,6 +51,7 @@ from mtfuse.tasks.readers import (  # generation data
     parallel,
     parquet,
 )
+from mtfuse.tasks.readers.atis import AtisReader
 from mtfuse.tasks.readers.base import (
     BOM,
     READERS,
@@ -71,6 +75,7 @@ __all__ = [
     "GLUE_TASKS",
     "READERS",
     "SPLITS",
+    "AtisReader",
     "ConllReader",
     "CopaReader",
     "FileReader",
@@ -80,6 +85,7 @@ __all__ = [
     "Reader",
     "Row",
     "apply_label_map",
+    "atis",
     "carve_dev",
     "conll",
     "copa",

@@ -3,6 +3,7 @@
 from mtfuse.tasks.types.base import IGNORE_INDEX, TASK_TYPES, TaskType, register
 from mtfuse.tasks.types.classification import Classification, PairClassification
 from mtfuse.tasks.types.generation import Generation
+from mtfuse.tasks.types.intent_slots import IntentSlots
 from mtfuse.tasks.types.multilabel import MultiLabel
 from mtfuse.tasks.types.multiple_choice import MultipleChoice
 from mtfuse.tasks.types.regression import Regression
@@ -13,6 +14,7 @@ __all__ = [
     "TASK_TYPES",
     "Classification",
     "Generation",
+    "IntentSlots",
     "MultiLabel",
     "MultipleChoice",
     "PairClassification",

@@ -136,6 +136,20 @@ class TaskType:
         """The task's metrics (0-100) from predictions and gold (``mtfuse.evaluate.score``)."""
         return None
 
+    # -- type-owned options and unseen labels ------------------------------------------------------------
+    #: the TaskConfig section holding this type's own options (None: it has none); the plan refuses the
+    #: section on tasks of other types
+    options_field: str | None = None
+
+    def loss_options(self, cfg: Any) -> dict[str, Any]:
+        """Keyword arguments for :meth:`loss` from the task's config (an intent_slots task's slot_weight)."""
+        return {}
+
+    def unseen_labels_note(self, cfg: Any) -> str | None:
+        """What train and evaluate do with dev / test labels that train lacks, for `mtfuse data check`; None:
+        they refuse them (the default)."""
+        return None
+
     # -- training and prediction -----------------------------------------------------------------------
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels)
