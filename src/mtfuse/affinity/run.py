@@ -37,6 +37,7 @@ from mtfuse.training.setup import (
     make_streams,
     shared_named_parameters,
 )
+from mtfuse.training.steps import loss_of as task_loss
 
 AFFINITY = "affinity.json"
 
@@ -74,10 +75,7 @@ def measure(
         raise ConfigError("affinity: this model has no trainable shared parameters (frozen base?)")
 
     def losses_of(batches: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return {
-            n: tasks[n].type.loss(model(n, b), b["labels"], **model.heads[n].loss_kwargs())
-            for n, b in batches.items()
-        }
+        return {n: task_loss(tasks[n], model.heads[n], model(n, b), b["labels"]) for n, b in batches.items()}
 
     K = len(names)
     z_sum, z_sq, cos_sum, measured = np.zeros((K, K)), np.zeros((K, K)), np.zeros((K, K)), 0

@@ -73,9 +73,16 @@ def task_losses(
 
 def task_loss(ctx: StepContext, name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The task type's loss, with what its head adds (a regression head's target scale)."""
-    task = ctx.tasks[name]
-    extra = task.type.loss_options(task.cfg)  # e.g. an intent_slots task's slot_weight
-    return task.type.loss(logits, labels, **ctx.core.heads[name].loss_kwargs(), **extra)
+    return loss_of(ctx.tasks[name], ctx.core.heads[name], logits, labels)
+
+
+def loss_of(
+    task: TaskData, head: torch.nn.Module, logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """A task's loss: its type's, with what its head adds (a regression head's target scale) and its config's
+    options (an intent_slots task's slot_weight)."""
+    extra = task.type.loss_options(task.cfg)
+    return task.type.loss(logits, labels, **head.loss_kwargs(), **extra)
 
 
 def loss_level_backward(
