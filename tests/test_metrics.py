@@ -25,6 +25,9 @@ def test_registry_names() -> None:
             "micro_f1",
             "macro_f1",
             *generation,
+            "srl_f1",
+            "srl_precision",
+            "srl_recall",
         ]
     )
     with pytest.raises(ConfigError, match="unknown metric 'meteor'"):

@@ -67,6 +67,15 @@ def _intent_slots(rng: random.Random) -> dict[str, Any]:
     return {"tokens": s, "label": {"intent": "trip" if "B-city" in slots else "review", "slots": slots}}
 
 
+def _srl(rng: random.Random) -> dict[str, Any]:
+    s = _sentence(rng)
+    k = rng.randrange(len(s))
+    roles = [
+        "V" if j == k else "ARG0" if j == k - 1 else "ARG1" if j == k + 1 else "O" for j in range(len(s))
+    ]
+    return {"words": s, "predicate": k, "roleset": f"{s[k]}.01", "roles": roles}
+
+
 #: task type -> (row builder, text_fields, label_field, metrics)
 DATA: dict[str, tuple[Any, list[str], str]] = {
     "classification": (_classification, ["text"], "label"),
@@ -77,6 +86,7 @@ DATA: dict[str, tuple[Any, list[str], str]] = {
     "multiple_choice": (_multiple_choice, ["context", "endings"], "label"),
     "generation": (_generation, ["source"], "target"),
     "intent_slots": (_intent_slots, ["tokens"], "label"),
+    "srl": (_srl, ["words", "predicate"], "roles"),
 }
 
 

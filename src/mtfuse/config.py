@@ -63,6 +63,9 @@ class DataConfig(Strict):
     # format 'dailydialog': turns before a response that form its context (0: all of them), joined by
     context_turns: int = Field(1, ge=0)
     turn_separator: str = " "
+    # with dev_from_train: rows with the same value of this field stay on one side (the predicates of one
+    # sentence, so that dev holds no sentence train has seen); replaces `stratify`
+    dev_group: str | None = None
 
     @field_validator("encoding")
     @classmethod

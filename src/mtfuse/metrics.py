@@ -12,6 +12,7 @@ Degenerate cases return 0.0 instead of NaN (a NaN would silently poison the task
 * ``matthews``: constant predictions give 0.0 (scikit-learn's own convention).
 * ``f1``, ``micro_f1``, ``macro_f1``, ``seqeval_f1``: a precision or recall with an empty denominator counts
   as 0 (``zero_division=0``).
+* ``srl_precision``, ``srl_recall``, ``srl_f1``: the same, with no predicted or no gold argument.
 """
 
 from __future__ import annotations
@@ -166,6 +167,43 @@ def frame_accuracy(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]
     "sentence accuracy")."""
     pairs = _frames(preds, golds)
     return 100.0 * float(np.mean([a == b for a, b in pairs])) if pairs else 0.0
+
+
+def _srl_counts(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) -> tuple[int, int, int]:
+    """(correct, predicted, gold) labelled arguments: (example, word, role) triples, one example being one
+    predicate (so the triple is CoNLL-2009's (predicate, argument head, role)); 'O' and the predicate's own
+    'V' are no arguments."""
+    if len(preds) != len(golds) or any(len(a) != len(b) for a, b in zip(preds, golds, strict=True)):
+        raise ValueError("predicted and gold role sequences differ in number or length")
+
+    def triples(seqs: Sequence[Sequence[str]]) -> set[tuple[int, int, str]]:
+        return {(i, j, r) for i, s in enumerate(seqs) for j, r in enumerate(s) if r not in ("O", "V")}
+
+    p, g = triples(preds), triples(golds)
+    return len(p & g), len(p), len(g)
+
+
+@METRICS.register("srl_precision")
+def srl_precision(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) -> float:
+    """Labelled argument precision over the corpus (CoNLL-2009 style, senses not scored), x100."""
+    tp, n_pred, _ = _srl_counts(preds, golds)
+    return 100.0 * tp / n_pred if n_pred else 0.0
+
+
+@METRICS.register("srl_recall")
+def srl_recall(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) -> float:
+    """Labelled argument recall over the corpus, x100."""
+    tp, _, n_gold = _srl_counts(preds, golds)
+    return 100.0 * tp / n_gold if n_gold else 0.0
+
+
+@METRICS.register("srl_f1")
+def srl_f1(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) -> float:
+    """Labelled argument F1, micro-averaged over (predicate, head word, role) triples, x100: as CoNLL-2009
+    scores semantic dependencies (Hajic et al. 2009), but arguments only (the predicate's 'V' and its sense
+    are not counted)."""
+    tp, n_pred, n_gold = _srl_counts(preds, golds)
+    return 100.0 * float(_f1(tp, n_pred - tp, n_gold - tp))
 
 
 def task_score(metrics: Mapping[str, float]) -> float:

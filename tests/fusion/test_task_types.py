@@ -36,6 +36,7 @@ RAW = {
         {"intent": "b", "slots": "O"},
         {"intent": "a#b", "slots": ["O", "B-X", "I-X"]},
     ],
+    "srl": [["B-X", "I-X"], ["O"], ["B-X", "I-X", "O"]],  # roles per word, as token classification
 }
 #: the label vocabulary of a type whose labels are not names (default: LABELS)
 VOCAB = {

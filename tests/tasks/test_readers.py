@@ -52,6 +52,7 @@ def test_registered_formats() -> None:
     assert READERS.names() == [
         "atis",
         "conll",
+        "conllu_srl",
         "copa",
         "csv",
         "dailydialog",

@@ -15,6 +15,8 @@ as ``head(hidden [B,T,H], attention_mask [B,T], pooler_output [B,H] | None)`` (a
   ``[B * K, T]`` rows' scores reshaped to [B, K] with K = the number of choices (as ``BertForMultipleChoice``)
 - ``intent_slots``: the intent (pooled, Linear(H, I)) at position 0 and slot logits (Linear(H, S)) at the
   other positions, in one tensor [B, T, I + S], each block masked off where it does not belong
+- ``srl``: each position's state concatenated with the predicate's (marked by ``token_type_ids`` = 1 in the
+  batch) -> dropout -> Linear(2H, K): [B, T, K] (Shi & Lin 2019)
 
 Pooling (:func:`pool`): ``pooler`` = the encoder's own pooler output (dense + tanh on [CLS], what Hugging
 Face feeds its sequence classifier), ``cls`` = the hidden state at position 0, ``mean`` = the mean over real
@@ -400,3 +402,41 @@ class IntentSlotsHead(ClassificationHead):
 
     def extra_repr(self) -> str:
         return f"intents={self.classifier.out_features}, slots={self.slot_classifier.out_features}"
+
+
+@HEADS.register("srl")
+class SrlHead(Head):
+    """Semantic roles for one marked predicate: each position's hidden state concatenated with the predicate's
+    (the mean over the sub-words the batch's ``token_type_ids`` mark with 1), dropout, Linear(2H, K): logits
+    [B, T, K]. Shi & Lin 2019, "Simple BERT Models for Relation Extraction and Semantic Role Labeling"
+    (arXiv:1904.05255), concatenate the predicate's representation to every token's; their BiLSTM is left out.
+    A row whose predicate was cut off by max_length gets a zero predicate vector."""
+
+    takes_batch = True
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_outputs: int,
+        pooling: str,
+        dropout: float,
+        initializer_range: float = 0.02,
+    ) -> None:
+        super().__init__(2 * hidden_size, num_outputs, pooling, dropout, initializer_range)
+
+    def forward(
+        self,
+        hidden: Tensor,
+        attention_mask: Tensor | None,
+        pooler_output: Tensor | None,
+        batch: Any = None,
+    ) -> Tensor:
+        marks = batch.get("token_type_ids") if batch is not None else None
+        if marks is None:
+            raise MtfuseError(
+                "the srl head needs the batch's token_type_ids (1 on the predicate's sub-words)"
+            )
+        m = (marks == 1).to(hidden.dtype).unsqueeze(-1)
+        predicate = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)  # [B, H]
+        both = torch.cat([hidden, predicate.unsqueeze(1).expand_as(hidden)], dim=-1)
+        return self.classifier(self.dropout(both))

@@ -76,7 +76,9 @@ def read_task_rows(cfg: RunConfig, task_name: str, split: str) -> list[dict]:
         stratify = _stratify_field(t, label_field)
         if stratify:
             check_fields(rows, [stratify], f"task '{t.name}' split 'train'")
-        dev = set(carve_dev(rows, fraction, t.data.dev_seed, stratify, f"task '{t.name}'"))
+        if t.data.dev_group:
+            check_fields(rows, [t.data.dev_group], f"task '{t.name}' split 'train'")
+        dev = set(carve_dev(rows, fraction, t.data.dev_seed, stratify, f"task '{t.name}'", t.data.dev_group))
         rows = [r for i, r in enumerate(rows) if (i in dev) == (split == "dev")]
     return rows
 

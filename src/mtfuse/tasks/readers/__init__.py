@@ -10,6 +10,8 @@ One reader instance is registered per ``data.format`` in :data:`READERS`, one mo
   (ATIS, SNIPS); rows are ``{"tokens": [...], "label": {"intent": ..., "slots": [...]}}`` (type ``intent_slots``).
 * ``copa`` (:mod:`.copa`): the COPA XML; rows are ``{"context", "choices": [a1, a2], "label": 0 | 1, ...}``
   (the context ends with the cause / effect question); no train split (map one with ``data.files``).
+* ``conllu_srl`` (:mod:`.conllu_srl`): CoNLL-U + PropBank columns (dependency SRL); one row per predicate,
+  ``{"words", "predicate", "roleset", "roles", ...}``.
 * ``csv``, ``tsv`` (:mod:`.delimited`), ``jsonl`` (:mod:`.jsonl`), ``parquet`` (:mod:`.parquet`): generic
   files; rows keep the file's column names (csv / tsv without a header row: ``header: false`` and
   ``columns``; ``delimiter``, ``quoting``, ``encoding``).
@@ -41,6 +43,7 @@ from __future__ import annotations
 from mtfuse.tasks.readers import (  # generation data
     atis,
     conll,
+    conllu_srl,
     copa,
     dailydialog,
     delimited,
@@ -65,6 +68,7 @@ from mtfuse.tasks.readers.base import (
     read_split,
 )
 from mtfuse.tasks.readers.conll import ConllReader
+from mtfuse.tasks.readers.conllu_srl import ConlluSrlReader
 from mtfuse.tasks.readers.copa import CopaReader
 from mtfuse.tasks.readers.glue import GLUE_TASKS, GlueReader, glue_task
 from mtfuse.tasks.readers.hf import HfReader
@@ -77,6 +81,7 @@ __all__ = [
     "SPLITS",
     "AtisReader",
     "ConllReader",
+    "ConlluSrlReader",
     "CopaReader",
     "FileReader",
     "GlueReader",
@@ -90,6 +95,7 @@ __all__ = [
     "conll",
     "copa",
     "dailydialog",
+    "conllu_srl",
     "delimited",
     "glue",
     "glue_task",

@@ -304,10 +304,21 @@ def _stratum(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value.strip()
 
 
-def carve_dev(rows: list[Row], fraction: float, seed: int, stratify: str | None, source: str) -> list[int]:
+def carve_dev(
+    rows: list[Row], fraction: float, seed: int, stratify: str | None, source: str, group: str | None = None
+) -> list[int]:
     """Indices (sorted) of the train rows that become the dev split: ``round(fraction * n)`` of them (at
     least 1, at most n - 1), seeded; with ``stratify``, every value of that field keeps its share (largest
-    remainders get the rounding), so rare classes reach dev when they can."""
+    remainders get the rounding), so rare classes reach dev when they can. With ``group``, whole groups of
+    rows (one value of that field) are carved instead: ``round(fraction * groups)`` of them."""
+    if group is not None:
+        keys = list(dict.fromkeys(str(row.get(group)) for row in rows))  # in file order
+        if len(keys) < 2:
+            raise DataError(
+                f"{source}: train has one '{group}' group; too few to carve a dev split out of it"
+            )
+        chosen = {keys[j] for j in carve_dev([{} for _ in keys], fraction, seed, None, source)}
+        return [i for i, row in enumerate(rows) if str(row.get(group)) in chosen]
     n = len(rows)
     if n < 2:
         raise DataError(f"{source}: train has {n} row(s); too few to carve a dev split out of it")
