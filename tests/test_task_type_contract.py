@@ -76,6 +76,18 @@ def _srl(rng: random.Random) -> dict[str, Any]:
     return {"words": s, "predicate": k, "roleset": f"{s[k]}.01", "roles": roles}
 
 
+def _span_qa(rng: random.Random) -> dict[str, Any]:
+    s = _sentence(rng, 8)
+    city = rng.choice(["London", "Paris"])
+    context = " ".join(s[:4] + ["in", city] + s[4:])
+    start = len(" ".join(s[:4] + ["in"])) + 1
+    return {
+        "question": f"where is the {s[0]} ?",
+        "context": context,
+        "answers": [{"text": city, "answer_start": start}],
+    }
+
+
 #: task type -> (row builder, text_fields, label_field, metrics)
 DATA: dict[str, tuple[Any, list[str], str]] = {
     "classification": (_classification, ["text"], "label"),
@@ -87,6 +99,7 @@ DATA: dict[str, tuple[Any, list[str], str]] = {
     "generation": (_generation, ["source"], "target"),
     "intent_slots": (_intent_slots, ["tokens"], "label"),
     "srl": (_srl, ["words", "predicate"], "roles"),
+    "span_qa": (_span_qa, ["question", "context"], "answers"),
 }
 
 

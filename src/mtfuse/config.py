@@ -66,6 +66,22 @@ class DataConfig(Strict):
     # with dev_from_train: rows with the same value of this field stay on one side (the predicates of one
     # sentence, so that dev holds no sentence train has seen); replaces `stratify`
     dev_group: str | None = None
+    # format 'squad' without a train split (XQuAD): divide the articles of the train file, by title and seeded
+    # by dev_seed, into splits with these fractions ({train: 0.6, dev: 0.2, test: 0.2})
+    split_by_article: dict[str, float] | None = None
+
+    @field_validator("split_by_article")
+    @classmethod
+    def _article_fractions_ok(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        if not v or set(v) - {"train", "dev", "test"} or any(not 0.0 < x < 1.0 for x in v.values()):
+            raise ValueError(
+                f"split_by_article maps train / dev / test to fractions between 0 and 1, got {v}"
+            )
+        if abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(f"split_by_article fractions must sum to 1, got {sum(v.values()):g}")
+        return v
 
     @field_validator("encoding")
     @classmethod
@@ -175,6 +191,15 @@ class IntentSlotsOptions(Strict):
     unseen_labels: Literal["unseen_class", "error"] = "unseen_class"
 
 
+class SpanQAConfig(Strict):
+    """Extractive QA windows and decoding (type ``span_qa``); a window's length is the task's ``max_length``."""
+
+    # context tokens two consecutive windows share; default max_length // 3 (HF run_qa: 128 of 384)
+    doc_stride: int | None = Field(None, ge=1)
+    max_answer_length: int = Field(30, ge=1)  # words (and punctuation marks) an answer may span
+    n_best: int = Field(20, ge=1)  # start and end candidates tried per example (top-k x top-k)
+
+
 class TaskConfig(Strict):
     name: str
     type: str
@@ -191,6 +216,7 @@ class TaskConfig(Strict):
     layer: int | None = None
     generation: GenerationConfig | None = None  # type 'generation' only (default: its defaults)
     intent_slots: IntentSlotsOptions | None = None  # type intent_slots only; default: IntentSlotsOptions()
+    span_qa: SpanQAConfig | None = None  # type 'span_qa' only (default: its defaults)
 
     @field_validator("name")
     @classmethod

@@ -18,6 +18,9 @@ Degenerate cases return 0.0 instead of NaN (a NaN would silently poison the task
 from __future__ import annotations
 
 import math
+import re
+import string
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -332,3 +335,47 @@ def distinct2(preds: Sequence[str], golds: Sequence[Any]) -> float:
 def gen_len(preds: Sequence[str], golds: Sequence[Any]) -> float:
     """The mean length of the generated texts in white-space words (descriptive, not a score: DESCRIPTIVE)."""
     return float(np.mean([len(str(p).split()) for p in preds])) if len(preds) else 0.0
+
+
+# -- extractive QA: the official SQuAD v1.1 evaluation (evaluate-v1.1.py, Rajpurkar et al. 2016) -------------
+def squad_normalize(s: str) -> str:
+    """``normalize_answer`` of the official script: lower case, drop punctuation, drop the articles a / an /
+    the, collapse white space (in that order)."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+_PUNCT = set(string.punctuation)
+
+
+def _squad_f1_one(pred: str, gold: str) -> float:
+    p, g = squad_normalize(pred).split(), squad_normalize(gold).split()
+    same = sum((Counter(p) & Counter(g)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _squad_mean(
+    fn: Callable[[str, str], float], preds: Sequence[str], golds: Sequence[Sequence[str]]
+) -> float:
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} predicted answers but {len(golds)} gold answer lists")
+    if not preds:
+        return 0.0
+    # the maximum over the gold answers of each question, as metric_max_over_ground_truths
+    return 100.0 * float(np.mean([max(fn(p, g) for g in gs) for p, gs in zip(preds, golds, strict=True)]))
+
+
+@METRICS.register("exact_match")
+def exact_match(preds: Sequence[str], golds: Sequence[Sequence[str]]) -> float:
+    """SQuAD v1.1 exact match, x100: a predicted answer text against each question's gold answer texts."""
+    return _squad_mean(lambda p, g: float(squad_normalize(p) == squad_normalize(g)), preds, golds)
+
+
+@METRICS.register("squad_f1")
+def squad_f1(preds: Sequence[str], golds: Sequence[Sequence[str]]) -> float:
+    """SQuAD v1.1 token F1, x100 (bag-of-tokens overlap after normalisation, the best gold answer)."""
+    return _squad_mean(_squad_f1_one, preds, golds)

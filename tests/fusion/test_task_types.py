@@ -37,6 +37,11 @@ RAW = {
         {"intent": "a#b", "slots": ["O", "B-X", "I-X"]},
     ],
     "srl": [["B-X", "I-X"], ["O"], ["B-X", "I-X", "O"]],  # roles per word, as token classification
+    "span_qa": [  # (question, context, answers): records come from the type's own decoding
+        ("who?", "Ann met Bob in Paris.", [{"text": "Bob", "answer_start": 8}]),
+        ("where?", "It is in London, not Rome.", [{"text": "London", "answer_start": 9}]),
+        ("what?", "A red car.", [{"text": "red car", "answer_start": 2}, {"text": "car", "answer_start": 6}]),
+    ],
 }
 #: the label vocabulary of a type whose labels are not names (default: LABELS)
 VOCAB = {
@@ -49,6 +54,8 @@ VOCAB = {
 def _examples(tt: TaskType) -> tuple[list[str] | None, list[dict], torch.Tensor, torch.Tensor]:
     """(labels, prediction records with gold, logits, collated labels) of three examples."""
     assert tt.name in RAW, f"task type '{tt.name}': add three example labels to RAW in {__file__}"
+    if tt.name == "span_qa":
+        return _span_examples(tt)
     labels = VOCAB.get(tt.name, LABELS) if tt.has_vocab else None
     encoded = [tt.encode_label(v, labels, "row", "label", "train") for v in RAW[tt.name]]
     seq = 4
@@ -90,6 +97,27 @@ def _text_type_fuses(tt: TaskType) -> None:
         assert x.grad is not None and float(x.grad[0, 2].abs().sum()) == 0.0  # padding has no say
 
 
+def _span_examples(tt: TaskType) -> tuple[None, list[dict], torch.Tensor, torch.Tensor]:
+    """Span QA: random word distributions decoded into records; logits are start / end per position
+    ``[3, 4, 2]`` (one window each), labels a (start, end) position per window."""
+    from mtfuse.tasks.types.span_qa import _answer, words_of
+
+    rng = np.random.default_rng(0)
+    recs = []
+    for i, (_, context, answers) in enumerate(RAW["span_qa"]):
+        words = words_of(context)
+        dist = np.round(rng.dirichlet(np.ones(len(words)), size=2).T, 6)
+        pred = _answer(dist, context, words, 20, 30)
+        rec = {
+            "index": i,
+            **tt.record(pred, dist, None),
+            "gold": tt.gold_record({"answers": answers, "context": context}, None),
+        }
+        recs.append(json.loads(json.dumps(rec)))
+    logits = torch.randn((3, 4, 2), generator=torch.Generator().manual_seed(0))
+    return None, recs, logits, tt.collate_labels([[1, 2], [0, 0], [3, 3]], 4)
+
+
 @pytest.mark.parametrize("name", TASK_TYPES.names())
 def test_every_task_type_implements_fusion(name: str) -> None:
     tt = TASK_TYPES.get(name)
@@ -106,7 +134,7 @@ def test_every_task_type_implements_fusion(name: str) -> None:
     assert all(o.ndim == 2 and o.shape[1] == tt.num_outputs(labels) for o in outputs)
     P, example = stack_outputs(tt, [outputs, outputs])
     assert P.shape[0] == 2 and len(example) == P.shape[1] and np.all(np.diff(example) >= 0)
-    again = make_records(tt, labels, P[0], example, len(recs), [r["gold"] for r in recs])
+    again = make_records(tt, labels, P[0], example, len(recs), [r["gold"] for r in recs], recs)
     assert again == recs
     assert tt.aligned_units(np.array([[len(o) for o in outputs], [len(o) for o in outputs]])).tolist() == [
         len(o) for o in outputs

@@ -108,6 +108,7 @@ def test_head_registry_names() -> None:
         "multiple_choice",
         "regression",
         "seq2seq_decoder",
+        "span_qa",
         "srl",
         "token_classification",
     ]

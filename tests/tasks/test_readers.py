@@ -62,6 +62,7 @@ def test_registered_formats() -> None:
         "lines",
         "parallel",
         "parquet",
+        "squad",
         "tsv",
     ]
     assert all(isinstance(READERS.get(n), Reader) for n in READERS)

@@ -17,6 +17,8 @@ as ``head(hidden [B,T,H], attention_mask [B,T], pooler_output [B,H] | None)`` (a
   other positions, in one tensor [B, T, I + S], each block masked off where it does not belong
 - ``srl``: each position's state concatenated with the predicate's (marked by ``token_type_ids`` = 1 in the
   batch) -> dropout -> Linear(2H, K): [B, T, K] (Shi & Lin 2019)
+- ``span_qa``: dropout -> Linear(H, 2) on every position: start / end logits [B, T, 2], padding masked
+  (as ``BertForQuestionAnswering``)
 
 Pooling (:func:`pool`): ``pooler`` = the encoder's own pooler output (dense + tanh on [CLS], what Hugging
 Face feeds its sequence classifier), ``cls`` = the hidden state at position 0, ``mean`` = the mean over real
@@ -440,3 +442,28 @@ class SrlHead(Head):
         predicate = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)  # [B, H]
         both = torch.cat([hidden, predicate.unsqueeze(1).expand_as(hidden)], dim=-1)
         return self.classifier(self.dropout(both))
+
+
+@HEADS.register("span_qa")
+class SpanQAHead(Head):
+    """Extractive QA: Linear(H, 2) on every position -> start and end logits [B, T, 2] (as
+    ``BertForQuestionAnswering``, Devlin et al. 2019); pooling is ignored. Padding positions get a large
+    negative logit, so that softmaxes over the window (loss, decoding, Fisher, entropy) leave them out."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_outputs: int,
+        pooling: str,
+        dropout: float,
+        initializer_range: float = 0.02,
+    ) -> None:
+        if num_outputs != 2:
+            raise ConfigError(f"a span QA head has two outputs (start, end), got num_outputs={num_outputs}")
+        super().__init__(hidden_size, 2, pooling, dropout, initializer_range)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None, pooler_output: Tensor | None) -> Tensor:
+        logits = self.classifier(self.dropout(hidden)).float()
+        if attention_mask is not None:
+            logits = logits.masked_fill(attention_mask.unsqueeze(-1) == 0, -1e4)
+        return logits

@@ -231,6 +231,8 @@ class TaskArrays:
     example: np.ndarray
     n_examples: int
     gold: list[Any] = field(repr=False)
+    #: the first member's records, from which a type completes fused records (a span's answer text)
+    member_records: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
     def n_members(self) -> int:
@@ -253,7 +255,7 @@ class TaskArrays:
 
     # -- decisions and scores ---------------------------------------------------------------------
     def decide(self, out: np.ndarray) -> np.ndarray:
-        return self.type.decide(out)
+        return self.type.decide_examples(out, self.example)
 
     def score(self, out: np.ndarray) -> dict[str, float]:
         """The task's metrics (0-100) of fused outputs on these units, as ``mtfuse.evaluate.score`` does."""
@@ -269,7 +271,9 @@ class TaskArrays:
     # -- output records -------------------------------------------------------------------------
     def records(self, out: np.ndarray) -> list[dict[str, Any]]:
         """Prediction records in the run directory's format (``mtfuse.evaluate.records``), one per example."""
-        return make_records(self.type, self.labels, out, self.example, self.n_examples, self.gold)
+        return make_records(
+            self.type, self.labels, out, self.example, self.n_examples, self.gold, self.member_records
+        )
 
 
 def make_records(
@@ -279,15 +283,19 @@ def make_records(
     example: np.ndarray,
     n_examples: int,
     gold: list[Any] | None = None,
+    member_records: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Records like ``mtfuse.evaluate.records`` from fused unit outputs (``example``: each unit's example,
-    ``0..n_examples-1`` in order): the task type's ``record`` of each example's units."""
-    d = task_type.decide(out)
+    ``0..n_examples-1`` in order): the task type's ``record`` of each example's units, completed from
+    ``member_records`` (a member's records of the same examples, ``TaskType.complete_record``) when given."""
+    d = task_type.decide_examples(out, example)
     bounds = np.searchsorted(example, np.arange(n_examples + 1))
     recs: list[dict[str, Any]] = []
     for i in range(n_examples):
         a, b = bounds[i], bounds[i + 1]
         rec: dict[str, Any] = {"index": i, **task_type.example_record(d[a:b], out[a:b], labels)}
+        if member_records is not None:
+            rec = task_type.complete_record(rec, member_records[i])
         if gold is not None:
             rec["gold"] = gold[i]
         recs.append(rec)
@@ -377,6 +385,7 @@ def align(members: list[Member], task: str) -> TaskArrays:
         example=example,
         n_examples=n,
         gold=list(ref.gold),
+        member_records=ref.records or None,
     )
 
 

@@ -12,6 +12,8 @@ One reader instance is registered per ``data.format`` in :data:`READERS`, one mo
   (the context ends with the cause / effect question); no train split (map one with ``data.files``).
 * ``conllu_srl`` (:mod:`.conllu_srl`): CoNLL-U + PropBank columns (dependency SRL); one row per predicate,
   ``{"words", "predicate", "roleset", "roles", ...}``.
+* ``squad`` (:mod:`.squad`): SQuAD v1.1 JSON; rows are ``{"question", "context", "answers": [{text,
+  answer_start}], "id", "title"}``; ``data.split_by_article`` splits one file into train / dev / test by article.
 * ``csv``, ``tsv`` (:mod:`.delimited`), ``jsonl`` (:mod:`.jsonl`), ``parquet`` (:mod:`.parquet`): generic
   files; rows keep the file's column names (csv / tsv without a header row: ``header: false`` and
   ``columns``; ``delimiter``, ``quoting``, ``encoding``).
@@ -53,6 +55,7 @@ from mtfuse.tasks.readers import (  # generation data
     lines,
     parallel,
     parquet,
+    squad,
 )
 from mtfuse.tasks.readers.atis import AtisReader
 from mtfuse.tasks.readers.base import (
@@ -73,6 +76,7 @@ from mtfuse.tasks.readers.copa import CopaReader
 from mtfuse.tasks.readers.glue import GLUE_TASKS, GlueReader, glue_task
 from mtfuse.tasks.readers.hf import HfReader
 from mtfuse.tasks.readers.lines import LinesReader
+from mtfuse.tasks.readers.squad import SquadReader
 
 __all__ = [
     "BOM",
@@ -89,6 +93,7 @@ __all__ = [
     "LinesReader",
     "Reader",
     "Row",
+    "SquadReader",
     "apply_label_map",
     "atis",
     "carve_dev",
@@ -106,4 +111,5 @@ __all__ = [
     "parallel",
     "parquet",
     "read_split",
+    "squad",
 ]

@@ -7,6 +7,7 @@ from mtfuse.tasks.types.intent_slots import IntentSlots
 from mtfuse.tasks.types.multilabel import MultiLabel
 from mtfuse.tasks.types.multiple_choice import MultipleChoice
 from mtfuse.tasks.types.regression import Regression
+from mtfuse.tasks.types.span_qa import SpanQA
 from mtfuse.tasks.types.srl import SemanticRoles
 from mtfuse.tasks.types.token import TokenClassification
 
@@ -21,6 +22,7 @@ __all__ = [
     "PairClassification",
     "Regression",
     "SemanticRoles",
+    "SpanQA",
     "TaskType",
     "TokenClassification",
     "register",

@@ -213,6 +213,11 @@ class TaskType:
         """Decisions from fused outputs ``[U, C]``: a class index per unit."""
         return out.argmax(axis=1)
 
+    def decide_examples(self, out: np.ndarray, example: np.ndarray) -> np.ndarray:
+        """Decisions from fused outputs knowing each unit's example ``[U]`` (a span type decodes one span per
+        example); by default :meth:`decide`, unit by unit."""
+        return self.decide(out)
+
     def metric_inputs(
         self, decisions: np.ndarray, targets: np.ndarray, example: np.ndarray, labels: list[str] | None
     ) -> tuple[Any, Any]:
