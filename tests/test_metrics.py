@@ -28,6 +28,11 @@ def test_registry_names() -> None:
             "srl_f1",
             "srl_precision",
             "srl_recall",
+            "intent_accuracy",
+            "slot_f1",
+            "frame_accuracy",
+            "exact_match",
+            "squad_f1",
         ]
     )
     with pytest.raises(ConfigError, match="unknown metric 'meteor'"):
