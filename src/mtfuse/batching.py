@@ -1,10 +1,12 @@
-"""Per-task batch order: seeded, resumable from two integers (epoch, position), optional length grouping."""
+"""Per-task batch order: seeded, resumable from two integers (epoch, position), optional length grouping;
+and the dynamic padding of encoder inputs every collate shares."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import torch
 
 
 class BatchStream:
@@ -57,3 +59,24 @@ class BatchStream:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
         self._order = None
+
+
+def pad_inputs(
+    input_ids: list[np.ndarray], token_type_ids: list[np.ndarray] | None, idx: list[int], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """``input_ids``, ``attention_mask`` (and ``token_type_ids``) of the sequences ``idx``, padded to the
+    longest of them (dynamic padding)."""
+    n = max(len(input_ids[i]) for i in idx)
+    ids = torch.full((len(idx), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), n), dtype=torch.long)
+    tt = torch.zeros((len(idx), n), dtype=torch.long) if token_type_ids is not None else None
+    for r, i in enumerate(idx):
+        L = len(input_ids[i])
+        ids[r, :L] = torch.from_numpy(input_ids[i])
+        mask[r, :L] = 1
+        if tt is not None:
+            tt[r, :L] = torch.from_numpy(token_type_ids[i])  # type: ignore[index]
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if tt is not None:
+        batch["token_type_ids"] = tt
+    return batch

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtfuse.batching import pad_inputs
 from mtfuse.config import TaskConfig
 from mtfuse.errors import ConfigError, DataError
 from mtfuse.tasks.types import IGNORE_INDEX, TASK_TYPES, TaskType
@@ -352,19 +353,8 @@ def collate(
     examples = list(idx)
     g = enc.group
     idx = examples if g == 1 else [i * g + c for i in examples for c in range(g)]
-    n = max(len(enc.input_ids[i]) for i in idx)
-    ids = torch.full((len(idx), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(idx), n), dtype=torch.long)
-    tt = torch.zeros((len(idx), n), dtype=torch.long) if enc.token_type_ids is not None else None
-    for r, i in enumerate(idx):
-        L = len(enc.input_ids[i])
-        ids[r, :L] = torch.from_numpy(enc.input_ids[i])
-        mask[r, :L] = 1
-        if tt is not None:
-            tt[r, :L] = torch.from_numpy(enc.token_type_ids[i])  # type: ignore[index]
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if tt is not None:
-        batch["token_type_ids"] = tt
+    batch = pad_inputs(enc.input_ids, enc.token_type_ids, idx, pad_id)
+    n = batch["input_ids"].shape[1]
     if enc.labels is not None:
         batch["labels"] = ttype.collate_labels([enc.labels[i] for i in examples], n)
     return batch

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mtfuse.batching import pad_inputs
 from mtfuse.errors import DataError, MtfuseError
 from mtfuse.tasks.types.base import IGNORE_INDEX, TaskType, register
 
@@ -205,19 +206,7 @@ class Generation(TaskType):
         return enc, refs
 
     def collate(self, enc: Any, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-        n = max(len(enc.input_ids[i]) for i in idx)
-        ids = torch.full((len(idx), n), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), n), dtype=torch.long)
-        tt = torch.zeros((len(idx), n), dtype=torch.long) if enc.token_type_ids is not None else None
-        for r, i in enumerate(idx):
-            L = len(enc.input_ids[i])
-            ids[r, :L] = torch.from_numpy(enc.input_ids[i])
-            mask[r, :L] = 1
-            if tt is not None:
-                tt[r, :L] = torch.from_numpy(enc.token_type_ids[i])
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if tt is not None:
-            batch["token_type_ids"] = tt
+        batch = pad_inputs(enc.input_ids, enc.token_type_ids, idx, pad_id)
         targets = enc.extra.get("targets")
         if targets is not None:
             start = special_tokens(enc.extra["tokenizer"])["start_token_id"]
