@@ -21,20 +21,35 @@ from mtfuse.fusion.merge.methods.task_arithmetic import TaskArithmeticParams, ap
 from mtfuse.fusion.merge.primitives import della_drop, task_vectors
 
 
-class DellaParams(TaskArithmeticParams):
+class MagPruneParams(TaskArithmeticParams):
+    """MAGPRUNE's settings, shared by ``della`` and ``della_linear``."""
+
     density: float = Field(0.5, gt=0, le=1)  # mean keep probability
     epsilon: float = Field(0.1, ge=0, lt=1)  # keep probabilities span density +/- epsilon by magnitude rank
     rescale: bool = True  # divide each kept entry by its keep probability
-    sign_method: Literal["sum", "count"] = "sum"
-    normalize: bool = True  # mean (True) or sum (False) over the models agreeing with the elected sign
 
     @model_validator(mode="after")
-    def _probabilities(self) -> DellaParams:
+    def _probabilities(self) -> MagPruneParams:
         if not (self.density - self.epsilon > 0 and self.density + self.epsilon <= 1 + 1e-9):
             raise ValueError(
                 f"density +/- epsilon must lie in (0, 1], got density {self.density}, epsilon {self.epsilon}"
             )
         return self
+
+
+def magprune(
+    tensors: list[Tensor], base: Tensor, params: MagPruneParams, generator: torch.Generator | None
+) -> list[Tensor]:
+    """Each model's task vector after MAGPRUNE (magnitude-ranked random drop, kept entries rescaled)."""
+    return [
+        della_drop(tv, params.density, params.epsilon, params.rescale, generator)
+        for tv in task_vectors(tensors, base)
+    ]
+
+
+class DellaParams(MagPruneParams):
+    sign_method: Literal["sum", "count"] = "sum"
+    normalize: bool = True  # mean (True) or sum (False) over the models agreeing with the elected sign
 
 
 @merge_method("della", Params=DellaParams, needs_base=True, stochastic=True)
@@ -48,8 +63,5 @@ def della(
 ) -> Tensor:
     """DELLA: magnitude-ranked random drop + rescale, elect signs, average the agreeing entries."""
     assert base is not None
-    tvs = [
-        della_drop(tv, params.density, params.epsilon, params.rescale, generator)
-        for tv in task_vectors(tensors, base)
-    ]
+    tvs = magprune(tensors, base, params, generator)
     return apply_task_vectors(tvs, base, weights, params, consensus=params.sign_method)

@@ -14,26 +14,15 @@ reproducible merge.
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
 from torch import Tensor
 
 from mtfuse.fusion.merge.method import merge_method
-from mtfuse.fusion.merge.methods.task_arithmetic import TaskArithmeticParams, apply_task_vectors
-from mtfuse.fusion.merge.primitives import della_drop, task_vectors
+from mtfuse.fusion.merge.methods.della import MagPruneParams, magprune
+from mtfuse.fusion.merge.methods.task_arithmetic import apply_task_vectors
 
 
-class DellaLinearParams(TaskArithmeticParams):
-    density: float = Field(0.5, gt=0, le=1)  # mean keep probability
-    epsilon: float = Field(0.1, ge=0, lt=1)  # keep probabilities span density +/- epsilon by magnitude rank
-    rescale: bool = True  # divide each kept entry by its keep probability
-
-    @model_validator(mode="after")
-    def _probabilities(self) -> DellaLinearParams:
-        if not (self.density - self.epsilon > 0 and self.density + self.epsilon <= 1 + 1e-9):
-            raise ValueError(
-                f"density +/- epsilon must lie in (0, 1], got density {self.density}, epsilon {self.epsilon}"
-            )
-        return self
+class DellaLinearParams(MagPruneParams):
+    """MAGPRUNE's settings plus task arithmetic's (``scale``, ``normalize``: false by default)."""
 
 
 @merge_method("della_linear", Params=DellaLinearParams, needs_base=True, stochastic=True)
@@ -47,8 +36,4 @@ def della_linear(
 ) -> Tensor:
     """DELLA-linear: magnitude-ranked random drop + rescale of each task vector, then task arithmetic."""
     assert base is not None
-    tvs = [
-        della_drop(tv, params.density, params.epsilon, params.rescale, generator)
-        for tv in task_vectors(tensors, base)
-    ]
-    return apply_task_vectors(tvs, base, weights, params)
+    return apply_task_vectors(magprune(tensors, base, params, generator), base, weights, params)
