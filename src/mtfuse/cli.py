@@ -84,7 +84,10 @@ def train(
 def evaluate(
     run_dir: Path = typer.Argument(..., help="a run directory written by train"),
     overrides: list[str] = OVERRIDES,
-    split: str = typer.Option("dev", help="split to score (train, dev or test)"),
+    split: str = typer.Option(
+        "dev",
+        help="split to score: train, dev, test, or train-holdout (train rows outside the run's subset.train)",
+    ),
     output: Path = typer.Option(None, help="metrics JSON (default RUN_DIR/metrics-<split>.json)"),
 ) -> None:
     """Score a trained run on a split and print a table."""

@@ -144,14 +144,18 @@ def evaluate_run(
     overrides set ``subset.*``; merge passes False so a merged model is scored on its inputs' dev examples."""
     from mtfuse import rundir
     from mtfuse.model import MultiTaskModel
-    from mtfuse.tasks.prepare import prepare_tasks
+    from mtfuse.tasks.prepare import HOLDOUT, prepare_tasks
 
     run_dir = Path(run_dir)
     out = output or run_dir / rundir.metrics_file(split)
     cfg = rundir.load_run_config(run_dir, overrides)
     if whole_splits and not any(o.strip().startswith("subset.") for o in overrides):
-        # the training config's subset was for training; evaluate scores whole splits unless asked
-        cfg = cfg.model_copy(update={"subset": cfg.subset.model_copy(update={"train": None, "eval": None})})
+        # the training config's subset was for training; evaluate scores whole splits unless asked (but
+        # train-holdout is defined by the rows subset.train kept, so that one stays)
+        keep_train = cfg.subset.train if split == HOLDOUT else None
+        cfg = cfg.model_copy(
+            update={"subset": cfg.subset.model_copy(update={"train": keep_train, "eval": None})}
+        )
     model, tokenizer = MultiTaskModel.load(run_dir / rundir.MODEL, require_tokenizer=True)
     cfg = cfg.model_copy(update={"tasks": [t for t in cfg.tasks if t.name in model.specs]})
     tasks = prepare_tasks(cfg, tokenizer, [split], vocabs={n: s.labels for n, s in model.specs.items()})

@@ -32,6 +32,26 @@ def subset_rows(rows: list[dict], n: int | None, seed: int, task: str, split: st
     return [rows[i] for i in keep]
 
 
+# Train rows outside the seeded ``subset.train``: rows a run never trained on, so choices (a recipe, a merge's
+# hyperparameters) can be made on them and dev stays an unbiased report.
+HOLDOUT = "train-holdout"
+HOLDOUT_DEFAULT = 1000  # its size when the config has no subset.eval
+
+
+def holdout_rows(cfg: RunConfig, tc: TaskConfig, rows: list[dict], cap: int | None = None) -> list[dict]:
+    """The split 'train-holdout' of ``rows`` (a task's train rows): those outside ``subset.train``, then a seeded
+    subset of ``subset.eval`` (default 1,000; at most ``cap``) of them."""
+    if cfg.subset.train is None or cfg.subset.train >= len(rows):
+        raise DataError(
+            f"task '{tc.name}': split '{HOLDOUT}' is the train rows outside subset.train, but the run trains on "
+            f"all {len(rows)} train rows (subset.train is not set below that); use 'dev' instead"
+        )
+    kept = {id(r) for r in subset_rows(rows, cfg.subset.train, cfg.subset.seed, tc.name, "train")}
+    rest = [r for r in rows if id(r) not in kept]
+    size = cfg.subset.eval or HOLDOUT_DEFAULT
+    return subset_rows(rest, size if cap is None else min(size, cap), cfg.subset.seed, tc.name, HOLDOUT)
+
+
 def task_splits(tc: TaskConfig) -> list[str]:
     """The splits a task's data provides, with the dev split ``data.dev_from_train`` carves out of train."""
     available = READERS.get(tc.data.format).splits(tc.data)
@@ -60,6 +80,8 @@ def read_task_rows(cfg: RunConfig, task_name: str, split: str) -> list[dict]:
     time: seeded, stratified by the label for tasks with classes)."""
     t = next(t for t in cfg.tasks if t.name == task_name)
     reader = READERS.get(t.data.format)
+    if split == HOLDOUT:
+        return holdout_rows(cfg, t, read_task_rows(cfg, task_name, "train"))
     available = task_splits(t)
     if split not in available:
         raise DataError(f"task '{t.name}': split '{split}' not found; available: {available}")
@@ -124,8 +146,9 @@ def prepare_tasks(
                 labels = [*labels, *sorted({lab for labs in found.values() for lab in labs} - set(labels))]
         task = TaskData(tc, ttype, text_fields, label_field, labels)
         for split, rows in rows_by_split.items():
-            n = cfg.subset.train if split == "train" else cfg.subset.eval
-            rows = subset_rows(rows, n, cfg.subset.seed, tc.name, split)
+            if split != HOLDOUT:  # holdout_rows has already taken its subset
+                n = cfg.subset.train if split == "train" else cfg.subset.eval
+                rows = subset_rows(rows, n, cfg.subset.seed, tc.name, split)
             enc, gold = encode_rows(rows, task, split, tokenizing)
             task.splits[split] = enc
             task.gold[split] = gold or []

@@ -41,23 +41,20 @@ from torch import Tensor, nn
 from transformers import AutoModel
 
 from mtfuse.config import RunConfig
-from mtfuse.errors import MtfuseError
+from mtfuse.errors import DataError, MtfuseError
 from mtfuse.evaluate import evaluate_tasks
 from mtfuse.metrics import aggregate
 from mtfuse.model.encoder import load_tokenizer
 from mtfuse.model.multitask import HEADS_JSON, HEADS_WEIGHTS, MultiTaskModel, read_head_specs
 from mtfuse.model.sharing import SHARING_JSON
 from mtfuse.registry import Registry
-from mtfuse.tasks.features import TaskData, Tokenizing, collate, encode_rows, resolve_fields
-from mtfuse.tasks.prepare import cache_dir, prepare_tasks, read_task_rows, subset_rows
-from mtfuse.tasks.readers import READERS
-from mtfuse.tasks.types import TASK_TYPES
+from mtfuse.tasks.features import TaskData, collate
+from mtfuse.tasks.prepare import prepare_tasks
 
 if TYPE_CHECKING:
     from mtfuse.fusion.merge.inputs import MergeInput
 
 SPLITS = ("train", "dev", "train-holdout")
-HOLDOUT_DEFAULT = 1000  # train-holdout size when the run has no subset.eval
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -241,41 +238,16 @@ def load_split(
         inp = inputs[i]
         specs = read_head_specs(inp.model_dir / HEADS_JSON)
         vocabs = {t: specs[t].labels for t in names}
-        if split == "train-holdout":
-            for t in names:
-                out[t] = _holdout(inp, _task_config(inp, [t]), vocabs[t], tokenizer, examples)
-            continue
         cfg = _task_config(inp, names)
         key = "train" if split == "train" else "eval"
         subset = cfg.subset.model_copy(update={key: _cap(getattr(cfg.subset, key), examples)})
-        out.update(
-            prepare_tasks(cfg.model_copy(update={"subset": subset}), tokenizer, [split], vocabs=vocabs)
-        )
+        try:
+            out.update(
+                prepare_tasks(cfg.model_copy(update={"subset": subset}), tokenizer, [split], vocabs=vocabs)
+            )
+        except DataError as e:  # name the run: several inputs may read the same task
+            raise MtfuseError(f"{inp.run_dir}: {e}") from None
     return {t: out[t] for t in tasks}
-
-
-def _holdout(
-    inp: MergeInput, cfg: RunConfig, labels: list[str] | None, tokenizer: Any, n: int | None
-) -> TaskData:
-    """Train rows outside the run's seeded ``subset.train`` (never trained on), as split 'train-holdout'."""
-    tc = cfg.tasks[0]
-    rows = read_task_rows(cfg, tc.name, "train")
-    if cfg.subset.train is None or cfg.subset.train >= len(rows):
-        raise MtfuseError(
-            f"{inp.run_dir}: task '{tc.name}' was trained on all {len(rows)} train rows (no subset.train), "
-            f"so no train row is held out; select on 'dev' instead"
-        )
-    kept = {id(r) for r in subset_rows(rows, cfg.subset.train, cfg.subset.seed, tc.name, "train")}
-    rest = [r for r in rows if id(r) not in kept]
-    size = _cap(cfg.subset.eval or HOLDOUT_DEFAULT, n)
-    rest = subset_rows(rest, size, cfg.subset.seed, tc.name, "train-holdout")
-    reader = READERS.get(tc.data.format)
-    text_fields, label_field = resolve_fields(tc, reader.defaults(tc.data))
-    task = TaskData(tc, TASK_TYPES.get(tc.type), text_fields, label_field, labels)
-    enc, gold = encode_rows(rest, task, "train-holdout", Tokenizing(tokenizer, cache_dir(cfg)))
-    task.splits["train-holdout"] = enc
-    task.gold["train-holdout"] = gold or []
-    return task
 
 
 def _batches(n: int, size: int, seed: int) -> list[np.ndarray]:
