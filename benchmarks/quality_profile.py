@@ -1,0 +1,479 @@
+"""The fixed CPU quality profile: does one multi-task or fused model beat one model per task?
+
+The profile (``benchmarks/quality_profile.yaml``): the packaged MiniLM; CoLA, MRPC, RTE and STS-B with seeded
+train subsets of 1,000 examples (the same rows for every seed), full dev sets, max length 128, batch 32.
+
+Three steps, each resumable (a run that already has its output is kept):
+
+    search   choose the recipe (learning rate, pooling) on single-task runs scored on train rows outside the
+             subset (split train-holdout), never on dev; writes results/quality_profile-search.json. The
+             chosen recipe is then frozen by hand in quality_profile.yaml (the search prints the lines).
+    run      every arm for one seed (--seed 1, 2, 3), with the frozen recipe, through the mtfuse CLI:
+               single-task   one run per task;
+               multi-task    one model: equal weighting (proportional sampling; with equal-sized train subsets
+                             proportional = temperature = uniform, so one run covers all three), uncertainty
+                             weighting (Kendall et al. 2018), PCGrad (Yu et al. 2020; joint steps, a batch of
+                             every task per step, as many examples as the sampled runs);
+               mt-dnn        the equal-weighting model fine-tuned on each task (`mtfuse finetune`), and the
+                             merge of those fine-tuned encoders, when this mtfuse has `finetune`;
+               merged        the single-task runs merged: task arithmetic and TIES (hyperparameters searched on
+                             train-holdout), RegMean (data-dependent);
+               ensembled     per task, the single-task run and the multi-task runs: a Caruana ensemble and a
+                             stack (both tuned and scored out-of-fold on dev, as `mtfuse ensemble` does);
+             then `mtfuse compare` of everything -> results/quality_profile-s<SEED>.json.
+    table    means and standard deviations over the seeds that have results -> results/quality_profile.json and
+             .md, with the majority-class baselines and the goals of issue 16.
+
+    .venv/bin/python benchmarks/quality_profile.py search
+    .venv/bin/python benchmarks/quality_profile.py run --seed 1
+    .venv/bin/python benchmarks/quality_profile.py table
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "benchmarks" / "quality_profile.yaml"
+RESULTS = ROOT / "benchmarks" / "results"
+WORK = ROOT / "benchmarks" / "runs" / "quality"
+MTFUSE = Path(sys.executable).with_name("mtfuse")
+TASKS = ("cola", "mrpc", "rte", "stsb")
+# The recipe search: (pooling, learning rate) at the profile's 3 epochs. Mean pooling only: all-MiniLM-L6-v2 is a
+# sentence-transformers model trained through mean pooling (its pooler is not), and the pooler runs of issue 16
+# stayed at the majority class. lr 5e-5 was tried first and stopped after two tasks, both at the majority
+# class's level on train-holdout (the search JSON's "stopped" lists what such runs scored).
+GRID = (("mean", 1e-4), ("mean", 2e-4))
+SEARCH_SEED = 0  # not one of the reported seeds
+MTL_ARMS = {  # name -> overrides
+    "mtl-equal": [],
+    "mtl-uncertainty": ["weighting.method=uncertainty"],
+    "mtl-pcgrad": ["weighting.method=pcgrad", "train.step_mode=joint"],
+}
+MERGES = {  # name -> merge arguments
+    "merge-ta": ["--method", "task_arithmetic", "--search-space", "scale=[0.3,0.5,0.7,1.0]"],
+    "merge-ties": ["--method", "ties", "--search-space", "scale=[0.5,1.0,1.5] density=[0.2,0.5]"],
+    "merge-regmean": ["--method", "regmean"],
+}
+
+
+def cli(*args: object, log: Path | None = None) -> None:
+    """One mtfuse command; its output goes to ``log`` (the run's own folder) so a failure can be read."""
+    argv = [str(MTFUSE), *map(str, args)]
+    print("$", " ".join(argv[1:]), flush=True)
+    t0 = time.perf_counter()
+    if log is None:
+        subprocess.run(argv, check=True, cwd=ROOT)
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as f:
+            rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+        if rc:
+            sys.exit(f"failed ({rc}); see {log}:\n" + "".join(log.read_text().splitlines(True)[-15:]))
+    print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def finished(d: Path) -> bool:
+    return any((d / f).is_file() for f in ("results.json", "ensemble.json", "merge.json"))
+
+
+def task_score(metrics: dict[str, float]) -> float:
+    """A task's score: the mean of its metrics (GLUE style: MRPC mean(F1, acc), STS-B mean(Pearson, Spearman))."""
+    return statistics.fmean(metrics.values())
+
+
+def common(seed: int) -> list[str]:
+    return [f"train.seed={seed}"]
+
+
+def train(out: Path, seed: int, *overrides: str) -> Path:
+    if not finished(out):
+        cli(
+            "train",
+            CONFIG,
+            *common(seed),
+            *overrides,
+            "--output",
+            out,
+            "--overwrite",
+            log=out.with_suffix(".log"),
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ search
+
+
+def search(args: argparse.Namespace) -> None:
+    """Single-task runs for every recipe of GRID, scored on train-holdout; prints the recipe to freeze."""
+    work = WORK / "search"
+    rows = []
+    for pooling, lr in GRID:
+        name = f"{pooling}-lr{lr:g}"
+        scores = {}
+        for t in TASKS:
+            run = train(
+                work / name / t,
+                SEARCH_SEED,
+                f"only_tasks=[{t}]",
+                f"model.pooling={pooling}",
+                f"train.lr={lr}",
+            )
+            metrics_file = run / "metrics-train-holdout.json"
+            if not metrics_file.is_file():
+                cli("evaluate", run, "--split", "train-holdout", log=run.with_suffix(".holdout.log"))
+            m = json.loads(metrics_file.read_text())
+            scores[t] = {
+                "metrics": m["tasks"][t],
+                "score": task_score(m["tasks"][t]),
+                "examples": m["examples"][t],
+            }
+        avg = statistics.fmean(s["score"] for s in scores.values())
+        rows.append({"recipe": name, "pooling": pooling, "lr": lr, "tasks": scores, "average": avg})
+        print(
+            f"{name}: holdout average {avg:.2f}  "
+            + "  ".join(f"{t} {s['score']:.1f}" for t, s in scores.items())
+        )
+    best = max(rows, key=lambda r: r["average"])
+    out = {
+        "benchmark": "quality_profile search",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "benchmarks/quality_profile.py search",
+        "machine": machine(),
+        "note": "single-task runs (train.seed 0) scored on train rows outside the 1,000-example subset "
+        "(split train-holdout, up to 1,000 rows a task), never on dev; the best average is frozen in "
+        "benchmarks/quality_profile.yaml",
+        "recipes": rows,
+        "stopped": stopped_recipes(work, {r["recipe"] for r in rows}),
+        "best": best["recipe"],
+    }
+    write_json(RESULTS / "quality_profile-search.json", out)
+    print(
+        f"best: {best['recipe']} -> set model.pooling: {best['pooling']} and train.lr: {best['lr']:g} in {CONFIG}"
+    )
+
+
+def stopped_recipes(work: Path, done: set[str]) -> dict[str, dict[str, Any]]:
+    """Recipes of an earlier grid found in ``work`` (tried, then stopped): their tasks' holdout scores."""
+    out = {}
+    for d in sorted(p for p in work.iterdir() if p.is_dir() and p.name not in done):
+        got = {}
+        for m in sorted(d.glob("*/metrics-train-holdout.json")):
+            got[m.parent.name] = json.loads(m.read_text())["tasks"][m.parent.name]
+        if got:
+            out[d.name] = got
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- run
+
+
+def has_finetune() -> bool:
+    return subprocess.run([str(MTFUSE), "finetune", "--help"], capture_output=True).returncode == 0
+
+
+def run(args: argparse.Namespace) -> None:
+    seed, work = args.seed, WORK / f"s{args.seed}"
+    t_start = time.perf_counter()
+    st = {t: train(work / f"st-{t}", seed, f"only_tasks=[{t}]") for t in TASKS}
+    total_sampled = None
+    mtl: dict[str, Path] = {}
+    for name, overrides in MTL_ARMS.items():
+        extra = list(overrides)
+        if "train.step_mode=joint" in overrides:  # as many examples per task as the sampled runs
+            total_sampled = (
+                total_sampled or json.loads((work / "mtl-equal" / "results.json").read_text())["total_steps"]
+            )
+            extra.append(f"train.max_steps={math.ceil(total_sampled / len(TASKS))}")
+        mtl[name] = train(work / name, seed, *extra)
+    systems: list[Path] = [*st.values(), *mtl.values()]
+    for name, margs in MERGES.items():
+        out = work / name
+        if not finished(out):
+            split = ["--search-split", "train-holdout"] if "--search-space" in margs else []
+            cli(
+                "merge",
+                *st.values(),
+                *margs,
+                *split,
+                "--seed",
+                seed,
+                "--output",
+                out,
+                "--overwrite",
+                log=out.with_suffix(".log"),
+            )
+        systems.append(out)
+    finetuned: dict[str, Path] = {}
+    if has_finetune():
+        out = work / "mtdnn"
+        if not (out / "merged").is_dir() or not all(finished(out / t) for t in TASKS):
+            cli("finetune", work / "mtl-equal", "--output", out, *common(seed), log=work / "mtdnn.log")
+        finetuned = {t: out / t for t in TASKS}
+        systems += [*finetuned.values(), out / "merged"]
+    else:
+        print("this mtfuse has no `finetune` command: the MT-DNN arm is skipped", flush=True)
+    for t in TASKS:
+        members = [st[t], *mtl.values(), *([finetuned[t]] if t in finetuned else [])]
+        for kind, cmd in (("ens", ["ensemble", "--method", "caruana"]), ("stack", ["stack"])):
+            out = work / f"{kind}-{t}"
+            if not finished(out):
+                cli(
+                    *cmd,
+                    *members,
+                    "--tasks",
+                    t,
+                    "--seed",
+                    seed,
+                    "--output",
+                    out,
+                    "--overwrite",
+                    log=out.with_suffix(".log"),
+                )
+            systems.append(out)
+    compare = work / "compare"
+    cli("compare", *systems, "--output", compare, "--overwrite", log=work / "compare.log")
+    cmp = json.loads((compare / "compare.json").read_text())
+    out = {
+        "benchmark": "quality_profile",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": f"benchmarks/quality_profile.py run --seed {seed}",
+        "seed": seed,
+        "machine": machine(),
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "systems": systems_of(cmp),
+        "compare": {k: cmp[k] for k in ("metrics", "reference", "definitions")},
+    }
+    write_json(RESULTS / f"quality_profile-s{seed}.json", out)
+    print(f"wrote {RESULTS / f'quality_profile-s{seed}.json'}")
+
+
+def system_name(entry: dict[str, Any]) -> str:
+    """Per-task ensembles / stacks / single-task runs / fine-tuned runs are one system each in the table."""
+    name = Path(entry["path"]).name
+    parent = Path(entry["path"]).parent.name
+    if name.startswith("st-"):
+        return "single-task"
+    if name.startswith(("ens-", "stack-")):
+        return "ensemble (caruana)" if name.startswith("ens-") else "stack"
+    if parent == "mtdnn":
+        return "mt-dnn merged" if name == "merged" else "mt-dnn"
+    return name
+
+
+def systems_of(cmp: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for e in cmp["entries"]:
+        s = out.setdefault(
+            system_name(e),
+            {"kind": e["kind"], "tasks": {}, "metrics": {}, "parameters": 0, "train_seconds": 0.0},
+        )
+        for t, v in e["task_scores"].items():
+            s["tasks"][t] = v
+            s["metrics"][t] = e["metrics"][t]
+        cost = e.get("cost") or {}
+        s["parameters"] += cost.get("parameters") or 0
+        s["train_seconds"] += cost.get("train_seconds") or 0.0
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- table
+
+
+def majority_baselines() -> dict[str, dict[str, float]]:
+    from mtfuse.baseline import majority_scores
+    from mtfuse.config import load
+    from mtfuse.model.encoder import load_tokenizer
+    from mtfuse.tasks.prepare import prepare_tasks
+
+    cfg = load(CONFIG, [f"data_dir={ROOT.parent / 'shared' / 'data'}"])
+    tasks = prepare_tasks(cfg, load_tokenizer(cfg.model.name_or_path), ["train", "dev"])
+    return {t: majority_scores(task, "dev") for t, task in tasks.items()}
+
+
+def mean_sd(xs: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def table(args: argparse.Namespace) -> None:
+    seeds = sorted(int(p.stem.rsplit("-s", 1)[1]) for p in RESULTS.glob("quality_profile-s*.json"))
+    if not seeds:
+        sys.exit("no results/quality_profile-s<SEED>.json yet: run `quality_profile.py run --seed 1` first")
+    per_seed = {s: json.loads((RESULTS / f"quality_profile-s{s}.json").read_text()) for s in seeds}
+    names = list(per_seed[seeds[0]]["systems"])
+    base = majority_baselines()
+    rows = []
+    for name in names:
+        got = [per_seed[s]["systems"][name] for s in seeds if name in per_seed[s]["systems"]]
+        row: dict[str, Any] = {"system": name, "kind": got[0]["kind"], "seeds": len(got), "tasks": {}}
+        for t in TASKS:
+            xs = [g["tasks"][t] for g in got if g["tasks"].get(t) is not None]
+            if xs:
+                row["tasks"][t] = dict(zip(("mean", "sd"), mean_sd(xs), strict=True))
+        avgs = [
+            statistics.fmean(g["tasks"][t] for t in TASKS)
+            for g in got
+            if all(g["tasks"].get(t) is not None for t in TASKS)
+        ]
+        if avgs:
+            row["average"] = dict(zip(("mean", "sd"), mean_sd(avgs), strict=True))
+            st = [per_seed[s]["systems"]["single-task"] for s in seeds if name in per_seed[s]["systems"]]
+            norm = [
+                statistics.fmean(100 * g["tasks"][t] / r["tasks"][t] for t in TASKS)
+                for g, r in zip(got, st, strict=True)
+            ]
+            row["normalised"] = dict(zip(("mean", "sd"), mean_sd(norm), strict=True))
+        row["parameters"] = got[0]["parameters"]
+        row["train_seconds"] = statistics.fmean(g["train_seconds"] for g in got)
+        rows.append(row)
+    out = {
+        "benchmark": "quality_profile",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "benchmarks/quality_profile.py table",
+        "seeds": seeds,
+        "machine": per_seed[seeds[0]]["machine"],
+        "majority_baseline": {t: {"metrics": m, "score": task_score(m)} for t, m in base.items()},
+        "systems": rows,
+        "goals": goals(rows),
+    }
+    write_json(RESULTS / "quality_profile.json", out)
+    md = markdown(out)
+    (RESULTS / "quality_profile.md").write_text(md)
+    print(md)
+
+
+def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Issue 16's goals, on the means over seeds."""
+    by = {r["system"]: r for r in rows}
+    st = by["single-task"]["average"]["mean"]
+
+    def avg(n: str) -> float | None:
+        return by[n]["average"]["mean"] if n in by and "average" in by[n] else None
+
+    mtl = {n: avg(n) for n in by if n.startswith("mtl-") and avg(n) is not None}
+    best_mtl = max(mtl, key=lambda n: mtl[n])
+    worst_drop = min(by[best_mtl]["tasks"][t]["mean"] - by["single-task"]["tasks"][t]["mean"] for t in TASKS)
+    merges = {n: by[n]["normalised"]["mean"] for n in by if n.startswith("merge-") and "normalised" in by[n]}
+    out: dict[str, Any] = {
+        "single_task_average": st,
+        "best_multi_task": {
+            "system": best_mtl,
+            "average": mtl[best_mtl],
+            "delta": mtl[best_mtl] - st,
+            "goal": "+1.0",
+        },
+        "largest_task_drop_of_best_multi_task": {
+            "points": worst_drop,
+            "goal": "no task more than 1 point below",
+        },
+    }
+    if avg("mt-dnn") is not None:
+        out["mt_dnn"] = {"average": avg("mt-dnn"), "delta": avg("mt-dnn") - st, "goal": "+2.0"}
+    if merges:
+        b = max(merges, key=lambda n: merges[n])
+        out["best_merge"] = {"system": b, "normalised": merges[b], "goal": ">= 92"}
+    if "ensemble (caruana)" in by:
+        member_best = {
+            t: max(
+                by[n]["tasks"][t]["mean"]
+                for n in ["single-task", *mtl, "mt-dnn"]
+                if n in by and t in by[n]["tasks"]
+            )
+            for t in TASKS
+        }
+        gain = statistics.fmean(by["ensemble (caruana)"]["tasks"][t]["mean"] - member_best[t] for t in TASKS)
+        out["ensemble_over_best_member"] = {
+            "points": gain,
+            "goal": ">= +0.5",
+            "note": "ensemble out-of-fold on dev; members on the whole dev set",
+        }
+    return out
+
+
+def fmt(ms: dict[str, Any] | None) -> str:
+    if not ms:
+        return "–"
+    return f"{ms['mean']:.1f}" + (f" ± {ms['sd']:.1f}" if ms.get("sd") is not None else "")
+
+
+def markdown(out: dict[str, Any]) -> str:
+    seeds = out["seeds"]
+    lines = [
+        f"Quality profile: MiniLM, {', '.join(TASKS)} (1,000 train examples each, full dev), seeds {seeds} "
+        f"(mean ± sd). Task score = mean of its metrics; normalised = 100 x score / single-task score, averaged.",
+        "",
+        "| system | " + " | ".join(TASKS) + " | average | normalised | parameters | train s |",
+        "|---|" + "---:|" * (len(TASKS) + 4),
+    ]
+    base = out["majority_baseline"]
+    lines.append(
+        "| majority class | "
+        + " | ".join(f"{base[t]['score']:.1f}" for t in TASKS)
+        + f" | {statistics.fmean(base[t]['score'] for t in TASKS):.1f} | | | |"
+    )
+    for r in out["systems"]:
+        lines.append(
+            f"| {r['system']} | "
+            + " | ".join(fmt(r["tasks"].get(t)) for t in TASKS)
+            + f" | {fmt(r.get('average'))} | {fmt(r.get('normalised'))} | {r['parameters'] / 1e6:.1f}M | {r['train_seconds']:.0f} |"
+        )
+    lines += ["", "Goals (issue 16):", ""]
+    for k, v in out["goals"].items():
+        lines.append(f"- {k}: {json.dumps(v, default=lambda x: round(x, 2))}")
+    m = out["machine"]
+    lines += ["", f"Machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}; {out['created'][:10]}."]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, default=float) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="step", required=True)
+    sub.add_parser("search", help="choose the recipe on train-holdout")
+    r = sub.add_parser("run", help="every arm for one seed")
+    r.add_argument("--seed", type=int, required=True)
+    sub.add_parser("table", help="mean ± sd over seeds, markdown + JSON")
+    args = p.parse_args(argv)
+    {"search": search, "run": run, "table": table}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()
