@@ -1,5 +1,5 @@
-"""`mtfuse` command line: train, evaluate, predict, ensemble, stack, diversity, compare, merge, affinity, data check,
-demo, serve, export.
+"""`mtfuse` command line: train, finetune, evaluate, predict, ensemble, stack, diversity, compare, merge, affinity,
+data check, demo, serve, export.
 
 Every user error (bad config, bad data, existing output) is one line on stderr and exit code 2, no traceback.
 """
@@ -36,20 +36,32 @@ def metrics_table(
     baseline: dict[str, dict[str, float]] | None = None,
     average: float | None = None,
 ) -> Table:
+    columns = {"score": metrics, **({"majority baseline": baseline} if baseline is not None else {})}
+    return scores_table(title, columns, {"score": average} if average is not None else None)
+
+
+def scores_table(
+    title: str,
+    columns: dict[str, dict[str, dict[str, float]]],
+    averages: dict[str, float] | None = None,
+) -> Table:
+    """One row per task and metric, one column per system (``columns[name][task][metric]``; blank where a
+    system lacks the task), and an average row when ``averages`` is given."""
     table = Table(title=title)
     table.add_column("task")
     table.add_column("metric")
-    table.add_column("score", justify="right")
-    if baseline is not None:
-        table.add_column("majority baseline", justify="right")
-    for task, ms in metrics.items():
-        for m, v in ms.items():
-            row = [task, m, f"{v:.2f}"]
-            if baseline is not None:
-                row.append(f"{baseline[task][m]:.2f}")
-            table.add_row(*row)
-    if average is not None:
-        table.add_row("average", "", f"{average:.2f}", *([""] if baseline is not None else []))
+    for name in columns:
+        table.add_column(name, justify="right")
+    rows: dict[tuple[str, str], None] = {}  # (task, metric) in first-seen order
+    for per_task in columns.values():
+        for task, ms in per_task.items():
+            rows.update({(task, m): None for m in ms})
+    for task, m in rows:
+        cells = [c.get(task, {}).get(m) for c in columns.values()]
+        table.add_row(task, m, *("" if v is None else f"{v:.2f}" for v in cells))
+    if averages is not None:
+        cells = [averages.get(name) for name in columns]
+        table.add_row("average", "", *("" if v is None else f"{v:.2f}" for v in cells))
     return table
 
 
@@ -78,6 +90,51 @@ def train(
     if final:
         console.print(metrics_table(f"dev metrics ({out})", final["tasks"], average=final["average"]))
         console.print(f"run directory: {out}")
+
+
+@app.command()
+def finetune(
+    mtl_run: Path = typer.Argument(..., help="a multi-task run directory written by train"),
+    overrides: list[str] = OVERRIDES,
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="directory for one run per task (DIR/<task>) and DIR/merged"
+    ),
+    tasks: list[str] = typer.Option(
+        None, "--tasks", help="tasks to fine-tune (repeat, or comma-separate); default: all of MTL_RUN's"
+    ),
+    merge_method: str = typer.Option(
+        "task_arithmetic",
+        "--merge-method",
+        help="merge the fine-tuned encoders (base: MTL_RUN's encoder) with this merge method; none: skip",
+    ),
+    merge_params: list[str] = typer.Option(
+        None, "--merge-param", help="a parameter of the merge method as key=value (repeat), e.g. scale=0.5"
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="train and merge again over an earlier finetune"
+    ),
+) -> None:
+    """MT-DNN (Liu et al. 2019): fine-tune each task of a multi-task run from its encoder and that task's head,
+    merge the fine-tuned encoders into one model, and score the three on dev.
+
+    Overrides change the fine-tuning (train.lr=2e-5 train.epochs=2). A rerun skips finished tasks and resumes
+    an interrupted one."""
+    from mtfuse.finetune import SUMMARY, finetune_command
+    from mtfuse.fusion.ensemble.members import split_names
+    from mtfuse.fusion.merge.request import parse_params
+
+    summary = finetune_command(
+        mtl_run,
+        output,
+        split_names(tasks),
+        overrides or [],
+        merge_method,
+        parse_params(merge_params or []),
+        overwrite,
+        log=lambda m: console.print(m, markup=False, highlight=False),
+    )
+    console.print(scores_table(f"dev metrics ({output})", summary["metrics"], summary["average"]))
+    console.print(f"fine-tuned runs in {output}/<task>; summary {output / SUMMARY}", markup=False)
 
 
 @app.command()

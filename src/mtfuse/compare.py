@@ -36,7 +36,7 @@ from mtfuse.errors import MtfuseError
 from mtfuse.metrics import task_score
 
 BATCH_SIZES = (1, 32)
-KIND_ORDER = ("single-task", "multi-task", "merged", "ensemble", "stack")
+KIND_ORDER = ("single-task", "multi-task", "fine-tuned", "merged", "ensemble", "stack")
 
 
 @dataclass

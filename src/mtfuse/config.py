@@ -240,6 +240,9 @@ class ModelConfig(Strict):
     pooling: Literal["pooler", "cls", "mean"] | None = None
     head_dropout: float | None = Field(None, ge=0.0, lt=1.0)  # default: the encoder's hidden_dropout_prob
     sharing: SharingConfig = Field(default_factory=SharingConfig)  # how tasks share the encoder
+    # a run directory to start from: its encoder, and the heads of tasks with the same name and head spec
+    # (``mtfuse.training.init_from``); name_or_path still gives the tokenizer and must match its vocabulary
+    init_from: str | None = None
 
 
 class TrainConfig(Strict):
@@ -433,6 +436,8 @@ def _substitute(cfg: RunConfig) -> RunConfig:
             return None
         return os.path.expanduser(s.replace("{data_dir}", data_dir))
 
+    if cfg.model.init_from is not None:  # absolute: the resolved config.yaml must not depend on the cwd
+        cfg.model.init_from = os.path.abspath(os.path.expanduser(cfg.model.init_from))
     for t in cfg.tasks:
         t.data.path = sub(t.data.path)
         t.data.files = {k: sub(v) or v for k, v in t.data.files.items()}

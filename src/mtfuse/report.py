@@ -23,9 +23,30 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-KIND_MARKER = {"single-task": "o", "multi-task": "s", "merged": "D", "ensemble": "^", "stack": "v"}
-KIND_HATCH = {"single-task": "", "multi-task": "//", "merged": "..", "ensemble": "xx", "stack": "\\\\"}
-KIND_SHORT = {"single-task": "st", "multi-task": "mt", "merged": "merge", "ensemble": "ens", "stack": "stack"}
+KIND_MARKER = {
+    "single-task": "o",
+    "multi-task": "s",
+    "fine-tuned": "P",
+    "merged": "D",
+    "ensemble": "^",
+    "stack": "v",
+}
+KIND_HATCH = {
+    "single-task": "",
+    "multi-task": "//",
+    "fine-tuned": "--",
+    "merged": "..",
+    "ensemble": "xx",
+    "stack": "\\\\",
+}
+KIND_SHORT = {
+    "single-task": "st",
+    "multi-task": "mt",
+    "fine-tuned": "ft",
+    "merged": "merge",
+    "ensemble": "ens",
+    "stack": "stack",
+}
 
 
 def system_colours(n: int) -> list[tuple[float, float, float]]:
@@ -261,7 +282,10 @@ def terminal(cmp: dict[str, Any], width: int = 80) -> str:
         + ("; ".join(refs) if refs else "no single-task run, nothing normalised")
         + "."
     )
-    notes.append("kinds: st single-task, mt multi-task, merge merged, ens ensemble, stack stacked.")
+    notes.append(
+        "kinds: st single-task, mt multi-task, ft fine-tuned from another run (init_from), "
+        "merge merged, ens ensemble, stack stacked."
+    )
     wrap = [textwrap.fill(x, width=width, subsequent_indent="  ") for x in notes]
     parts = [
         f"Comparison ({cmp['split']} split)",

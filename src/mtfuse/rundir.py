@@ -58,6 +58,7 @@ FAMILY = {
     "compare": "compare",
     "affinity": "affinity",
     "export": "export",
+    "finetune": "finetune",  # a folder of fine-tuned runs (one per task) and their merge
 }
 
 
@@ -113,6 +114,15 @@ def owner(path: Path) -> str | None:
     if (path / CONFIG).is_file() and ((path / CHECKPOINTS).is_dir() or (path / MODEL).is_dir()):
         return "train"
     return None
+
+
+def mark_fields(path: Path) -> dict[str, Any]:
+    """What ``.mtfuse.json`` records besides the command (empty when absent or unreadable)."""
+    try:
+        raw = json.loads((path / OWNER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def mark(path: Path, command: str, **extra: Any) -> None:

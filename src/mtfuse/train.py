@@ -28,12 +28,14 @@ from mtfuse import rundir
 from mtfuse.checkpoint import fault_point
 from mtfuse.config import RunConfig, dump
 from mtfuse.errors import MtfuseError
-from mtfuse.model import MultiTaskModel, load_encoder
+from mtfuse.model import MultiTaskModel, load_encoder, load_tokenizer
+from mtfuse.model.encoder import load_encoder_config
 from mtfuse.plan import check_data, check_encoder, make_plan
 from mtfuse.tasks.features import collate
 from mtfuse.tasks.prepare import prepare_tasks
 from mtfuse.training.evaluation import evaluate_and_log
 from mtfuse.training.finish import finish
+from mtfuse.training.init_from import init_specs, load_init_encoder, load_init_heads, read_init_source
 from mtfuse.training.log import RunLog
 from mtfuse.training.setup import (
     Schedule,
@@ -59,6 +61,8 @@ def train(
     main = acc.is_main_process
     if main:
         rundir.check_output(out, "train", overwrite, resume)  # refuse now, before any slow work
+    if cfg.model.init_from and Path(cfg.model.init_from).resolve() == out.resolve():
+        raise MtfuseError(f"model.init_from: {out} is the output directory itself; choose another --output")
     with rundir.lock(out) if main else contextlib.nullcontext():
         try:
             return _train(plan, out, acc, resume, overwrite)
@@ -75,16 +79,21 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     # ---- data and model (every check happens before anything is written) -----------------------------
     set_seed(tr.seed)
-    encoder, tokenizer = load_encoder(cfg.model.name_or_path)
+    source = read_init_source(cfg.model.init_from) if cfg.model.init_from else None
+    if source is None:
+        encoder, tokenizer = load_encoder(cfg.model.name_or_path)
+    else:  # another run's encoder (model.init_from); name_or_path still gives the tokenizer
+        tokenizer = load_tokenizer(cfg.model.name_or_path)
+        encoder = load_init_encoder(source, load_encoder_config(cfg.model.name_or_path), tokenizer)
     check_encoder(cfg, encoder.config)
     tasks = prepare_tasks(cfg, tokenizer, ["train", "dev"])
     check_data(plan, {n: t.labels for n, t in tasks.items()})
     set_seed(tr.seed)  # heads start from the same weights whatever the data preparation did
-    model = MultiTaskModel.build(
-        encoder,
-        head_specs(tasks, cfg, head_dropout(cfg, encoder), encoder.config, tokenizer),
-        cfg.model.sharing,
-    )
+    specs = head_specs(tasks, cfg, head_dropout(cfg, encoder), encoder.config, tokenizer)
+    if source is not None:
+        specs = init_specs(specs, source)  # a head that cannot be reused stops the run here
+    model = MultiTaskModel.build(encoder, specs, cfg.model.sharing)
+    init_heads = load_init_heads(model, source) if source is not None else []
     pad_id = tokenizer.pad_token_id or 0
     if tr.batch_size < world:
         raise MtfuseError(
@@ -134,6 +143,7 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
                 "sizes": sizes,
                 "processes": world,
                 "sampling_probs": sampler.probs(0),
+                **({"init_from": cfg.model.init_from, "init_heads": init_heads} if source else {}),
             }
         )
     last_eval: dict[

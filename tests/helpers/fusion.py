@@ -208,7 +208,9 @@ TOPICS = {
 }
 
 
-def _write_data(root: Path) -> dict[str, dict[str, str]]:
+def write_toy_data(root: Path) -> dict[str, dict[str, str]]:
+    """Seeded jsonl files of three toy tasks (sent, topic: classification; score: regression), 40 train and
+    16 dev rows each, under ``root/data``: ``{task: {split: path}}``."""
     g = torch.Generator().manual_seed(0)
 
     def pick(words: list[str]) -> str:
@@ -274,7 +276,7 @@ def make_run(
 
 def make_data_runs(root: Path, tiny_model_dir: Path) -> dict[str, Path]:
     """Five hand-made runs: sent (seeds 1, 4, 5: three runs of one task), topic and score."""
-    files = _write_data(root)
+    files = write_toy_data(root)
     spec = {
         "sent": (["sent"], 1),
         "topic": (["topic"], 2),

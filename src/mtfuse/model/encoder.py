@@ -18,6 +18,18 @@ from mtfuse.errors import MtfuseError
 
 DEFAULT_MODEL = "default"
 
+#: encoder config keys two models must share for one's weights to fit the other (merge, init_from)
+ARCH_KEYS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+
 _SUGGEST = (
     "pass a local model directory (config.json, weights and tokenizer files) "
     f"or '{DEFAULT_MODEL}' for the packaged all-MiniLM-L6-v2"

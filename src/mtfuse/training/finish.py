@@ -93,8 +93,13 @@ def results_record(
 
     enc_params = sum(p.numel() for p in model.encoder.parameters())
     all_params = sum(p.numel() for p in model.parameters())
+    init = cfg.model.init_from
+    # a single task started from another run (MT-DNN fine-tuning) is not a single-task baseline: compare
+    # normalises to those, so it gets a kind of its own
+    kind = "multi-task" if len(cfg.tasks) > 1 else "fine-tuned" if init else "single-task"
     return {
-        "kind": "multi-task" if len(cfg.tasks) > 1 else "single-task",
+        "kind": kind,
+        **({"init_from": init} if init else {}),
         "tasks": [t.name for t in cfg.tasks],
         "metrics": final,
         "seed": cfg.train.seed,

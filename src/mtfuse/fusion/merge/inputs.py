@@ -16,20 +16,10 @@ from mtfuse import rundir
 from mtfuse.config import RunConfig
 from mtfuse.errors import MtfuseError
 from mtfuse.fusion.merge.method import MergeMethod
-from mtfuse.model.encoder import resolve_model_path
+from mtfuse.model.encoder import ARCH_KEYS, resolve_model_path
 from mtfuse.model.multitask import read_head_specs
 from mtfuse.model.sharing import SHARING_JSON
 
-ARCH_KEYS = (
-    "model_type",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "vocab_size",
-    "max_position_embeddings",
-    "type_vocab_size",
-)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
