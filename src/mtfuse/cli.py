@@ -1,5 +1,5 @@
-"""`mtfuse` command line: train, finetune, evaluate, predict, ensemble, stack, diversity, compare, merge, affinity,
-data check, demo, serve, export.
+"""`mtfuse` command line: train, finetune, evaluate, predict, ensemble, stack, diversity, compare, report, merge,
+affinity, data check, demo, serve, export.
 
 Every user error (bad config, bad data, existing output) is one line on stderr and exit code 2, no traceback.
 """
@@ -270,6 +270,28 @@ def compare(
     if reference not in ("mean", "best"):
         raise MtfuseError(f"--reference '{reference}': choose from [best, mean]")
     compare_command(paths, output, latency, overwrite, device, console, reference=reference)
+
+
+@app.command()
+def report(
+    paths: list[Path] = typer.Argument(
+        ...,
+        help="run / merge / ensemble / stack dirs, results JSON files, compare or affinity dirs, or folders",
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="directory for report.html"),
+    reference: str = typer.Option(
+        None, help="normalise to the mean or the best single-task run (default: the compare dir's, else mean)"
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing report directory"),
+) -> None:
+    """One self-contained HTML page: comparison tables, per-task bars, quality vs cost, learning curves,
+    gradient conflicts and task affinity (inline SVG; opens offline; never retrains)."""
+    from mtfuse.html_report import report_command
+
+    notes = report_command(paths, output, overwrite, reference)
+    for n in notes:
+        console.print(f"note: {n}", markup=False, highlight=False)
+    console.print(f"report written to {output / 'report.html'}", markup=False, highlight=False)
 
 
 @app.command()
@@ -544,9 +566,9 @@ def merge(
         heads = ", ".join(f"{t} from {r}" for t, r in record["heads"].items())
         console.print(f"one head per task kept: {heads}")
     if evaluate:
-        from mtfuse.evaluate import evaluate_run
+        from mtfuse.fusion.merge.command import score_merge
 
-        result, _ = evaluate_run(output, "dev", [], output / "metrics.json", whole_splits=False)
+        result = score_merge(output)
         console.print(metrics_table(f"dev metrics ({output})", result["tasks"], average=result["average"]))
 
 
@@ -624,9 +646,12 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from mtfuse.invocation import running
+
     _quiet_libraries()
     try:
-        app(args=argv, standalone_mode=False)
+        with running(sys.argv[1:] if argv is None else argv):  # results.json and model cards record it
+            app(args=argv, standalone_mode=False)
     except Interrupted as e:
         err_console.print(escape(str(e)), highlight=False, soft_wrap=True, emoji=False)
         sys.exit(130)

@@ -64,7 +64,8 @@ def _read_json(path: Path) -> Any:
         raise MtfuseError(f"{path}: not valid JSON ({e})") from None
 
 
-def _looks_like_entry(path: Path) -> bool:
+def looks_like_entry(path: Path) -> bool:
+    """A run, merge, ensemble or stack directory: something with metrics to compare."""
     names = ("results.json", "metrics.json", "metrics-dev.json", "ensemble.json")
     return path.is_dir() and any((path / n).is_file() for n in names)
 
@@ -75,10 +76,10 @@ def expand(paths: Sequence[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_file():
             out.append(p)
-        elif _looks_like_entry(p):
+        elif looks_like_entry(p):
             out.append(p)
         elif p.is_dir():
-            found = sorted(c for c in p.iterdir() if _looks_like_entry(c))
+            found = sorted(c for c in p.iterdir() if looks_like_entry(c))
             if not found:
                 raise MtfuseError(
                     f"{p}: neither a run directory nor a folder of runs (nothing to compare in it)"
@@ -127,7 +128,8 @@ def load_entry(path: Path) -> Entry:
     return entry
 
 
-def _unique_names(entries: list[Entry]) -> None:
+def unique_names(entries: list[Entry]) -> None:
+    """Make the entries' names unique: ``parent/name`` for names given twice, then ``#2``, ``#3``..."""
     seen: dict[str, int] = {}
     for e in entries:
         seen[e.name] = seen.get(e.name, 0) + 1
@@ -391,7 +393,7 @@ def compare_command(
         raise MtfuseError(f"--reference must be one of {', '.join(REFERENCES)} (got {reference!r})")
     rundir.check_output(output, "compare", overwrite)
     entries = [load_entry(p) for p in expand(paths)]
-    _unique_names(entries)
+    unique_names(entries)
     if latency > 0:
         cache = LatencyCache(latency, device, repeats)
         for e in entries:

@@ -311,6 +311,14 @@ class SubsetConfig(Strict):
     seed: int = 0
 
 
+class CardConfig(Strict):
+    """What the model card (``README.md`` of a run) says that the run cannot know: all optional."""
+
+    license: str | None = None  # a Hugging Face Hub license id, e.g. apache-2.0, mit, cc-by-4.0
+    datasets: list[str] = Field(default_factory=list)  # Hub dataset ids the model was trained on
+    language: str | list[str] | None = None  # ISO 639-1 code(s), e.g. en
+
+
 class RunConfig(Strict):
     data_dir: str = "."
     cache_dir: str | None = None  # tokenisation cache; default ~/.cache/mtfuse (or $MTFUSE_CACHE)
@@ -321,6 +329,7 @@ class RunConfig(Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
     subset: SubsetConfig = Field(default_factory=SubsetConfig)
+    card: CardConfig = Field(default_factory=CardConfig)  # model card metadata (license, datasets, language)
 
     @model_validator(mode="after")
     def _check_tasks(self) -> RunConfig:

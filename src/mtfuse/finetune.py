@@ -174,8 +174,7 @@ def merge_finetuned(
     request: MergeRequest, output: Path, overwrite: bool, keep: bool, log: Callable[[str], None]
 ) -> None:
     """Merge with the merge command's driver (unless ``keep``: it is there already), then score it on dev."""
-    from mtfuse.evaluate import evaluate_run
-    from mtfuse.fusion.merge.command import run_request
+    from mtfuse.fusion.merge.command import run_request, score_merge
 
     if keep:
         log(f"{MERGED}: {output} already holds this merge; keeping it")
@@ -183,7 +182,7 @@ def merge_finetuned(
         log(f"{MERGED}: merging {len(request.runs)} fine-tuned runs with {request.method} into {output}")
         run_request(request, output, overwrite, log=log)
     if not (output / rundir.METRICS).is_file():
-        evaluate_run(output, "dev", [], output / rundir.METRICS, whole_splits=False)  # as `mtfuse merge`
+        score_merge(output)  # as `mtfuse merge`
 
 
 def score_columns(

@@ -12,8 +12,10 @@ Reading rules, the same in every output:
 * the terminal tables fit the console's width (80 columns and up): long names are shortened, and the task
   columns are split over as many tables as needed.
 
-Plots use matplotlib's non-interactive Agg backend (no display needed): per-task score bars, and scores against
-each cost (parameters, latency per example at batch 1, training time).
+Figures (built once, saved as PNG by ``compare`` and inlined as SVG by ``mtfuse report``, see
+``mtfuse.figures``): per-task score bars, and scores against each cost (parameters, latency per example at
+batch 1, training time). The table functions give header and rows, rendered as markdown here and as HTML by
+``mtfuse.html_report``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import colorsys
 import textwrap
 from pathlib import Path
 from typing import Any
+
+from mtfuse.figures import pyplot, save_png
 
 KIND_MARKER = {
     "single-task": "o",
@@ -76,7 +80,7 @@ def _params(v: Any) -> str:
     return f"{v / 1e6:.1f}M" if v >= 1e6 else f"{v / 1e3:.1f}k" if v >= 1e3 else f"{v:.0f}"
 
 
-def _common_label(cmp: dict[str, Any]) -> str:
+def common_label(cmp: dict[str, Any]) -> str:
     common = cmp["common_tasks"]
     if not common:
         return "no task is common to all systems"
@@ -90,7 +94,7 @@ def _own(e: dict[str, Any], total: int, key: str = "average", fmt: str = "{:.2f}
     return "–" if v is None else f"{fmt.format(v)} ({len(e['tasks'])}/{total})"
 
 
-def _reference_rows(cmp: dict[str, Any]) -> list[list[str]]:
+def reference_rows(cmp: dict[str, Any]) -> list[list[str]]:
     return [
         [t, f"{r['score']:.2f}", r.get("how", "mean"), ", ".join(r["runs"])]
         for t, r in cmp["reference"].items()
@@ -104,84 +108,112 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown(cmp: dict[str, Any]) -> str:
-    """Tables: the benchmark's metrics, scores normalised to single-task (with their references), and cost."""
+def score_table(cmp: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the scores table: each task's metrics, the common-task average and, when the
+    systems' tasks differ, each system's average over its own tasks (n/N)."""
     tasks, metrics, entries = cmp["tasks"], cmp["metrics"], cmp["entries"]
     cols = [(t, m) for t in tasks for m in metrics[t]]
-    common = _common_label(cmp)
     own = not cmp.get("same_tasks", False)
-    n = len(tasks)
-    scores = _table(
+    header = [
+        "system",
+        "kind",
+        *[f"{t} {m}" for t, m in cols],
+        f"average ({common_label(cmp)})",
+        *(["average of own tasks (n/N)"] if own else []),
+    ]
+    rows = [
         [
-            "system",
-            "kind",
-            *[f"{t} {m}" for t, m in cols],
-            f"average ({common})",
-            *(["average of own tasks (n/N)"] if own else []),
-        ],
+            e["name"],
+            e["kind"],
+            *[_num(e["metrics"].get(t, {}).get(m)) for t, m in cols],
+            _num(e["common_average"]),
+            *([_own(e, len(tasks))] if own else []),
+        ]
+        for e in entries
+    ]
+    return header, rows
+
+
+def normalised_table(cmp: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the scores normalised to single-task (%), with the same averages."""
+    tasks, entries = cmp["tasks"], cmp["entries"]
+    own = not cmp.get("same_tasks", False)
+    header = [
+        "system",
+        "kind",
+        *tasks,
+        f"average ({common_label(cmp)})",
+        *(["average of own tasks (n/N)"] if own else []),
+    ]
+    rows = [
         [
-            [
-                e["name"],
-                e["kind"],
-                *[_num(e["metrics"].get(t, {}).get(m)) for t, m in cols],
-                _num(e["common_average"]),
-                *([_own(e, n)] if own else []),
-            ]
-            for e in entries
-        ],
-    )
-    norm = _table(
-        ["system", "kind", *tasks, f"average ({common})", *(["average of own tasks (n/N)"] if own else [])],
+            e["name"],
+            e["kind"],
+            *[_num(e["normalised"].get(t), "{:.1f}") for t in tasks],
+            _num(e["normalised_average"], "{:.1f}"),
+            *([_own(e, len(tasks), "normalised_own_average", "{:.1f}")] if own else []),
+        ]
+        for e in entries
+    ]
+    return header, rows
+
+
+REFERENCE_HEADER = ["task", "reference", "of single-task runs", "runs"]
+COST_HEADER = [
+    "system",
+    "kind",
+    "parameters",
+    "ms/example (batch 1)",
+    "ms/example (batch 32)",
+    "peak MB",
+    "train s",
+]
+
+
+def cost_rows(cmp: dict[str, Any]) -> list[list[str]]:
+    return [
         [
-            [
-                e["name"],
-                e["kind"],
-                *[_num(e["normalised"].get(t), "{:.1f}") for t in tasks],
-                _num(e["normalised_average"], "{:.1f}"),
-                *([_own(e, n, "normalised_own_average", "{:.1f}")] if own else []),
-            ]
-            for e in entries
-        ],
-    )
-    refs = _table(["task", "reference", "of single-task runs", "runs"], _reference_rows(cmp))
-    cost = _table(
-        [
-            "system",
-            "kind",
-            "parameters",
-            "ms/example (batch 1)",
-            "ms/example (batch 32)",
-            "peak MB",
-            "train s",
-        ],
-        [
-            [
-                e["name"],
-                e["kind"],
-                _params(e["cost"]["parameters"]),
-                _num(e["cost"]["latency_ms_per_example"]["b1"]),
-                _num(e["cost"]["latency_ms_per_example"]["b32"]),
-                _num(e["cost"]["peak_memory_mb"], "{:.0f}"),
-                _num(e["cost"]["train_seconds"], "{:.1f}"),
-            ]
-            for e in entries
-        ],
-    )
-    d = cmp["definitions"]
+            e["name"],
+            e["kind"],
+            _params(e["cost"]["parameters"]),
+            _num(e["cost"]["latency_ms_per_example"]["b1"]),
+            _num(e["cost"]["latency_ms_per_example"]["b32"]),
+            _num(e["cost"]["peak_memory_mb"], "{:.0f}"),
+            _num(e["cost"]["train_seconds"], "{:.1f}"),
+        ]
+        for e in cmp["entries"]
+    ]
+
+
+def table_notes(cmp: dict[str, Any]) -> dict[str, str]:
+    """The sentence under each table that says what its numbers are (the same in markdown and HTML)."""
+    d, n = cmp["definitions"], len(cmp["tasks"])
+    common = common_label(cmp)
     own_note = (
         f" Average of own tasks: {d['average']}; n/N = the system's tasks of the {n} compared."
-        if own
+        if not cmp.get("same_tasks", False)
         else " Every system has the same tasks."
     )
+    return {
+        "scores": f"Task score: {d['task_score']}. Average ({common}): {d['common_average']}."
+        f"{own_note} Note: {d['ensembles']}.",
+        "normalised": f"Normalised: {d['normalised']}. Average: {d['normalised_average']}.",
+        "references": f"References ({cmp.get('reference_method', 'mean')} single-task run per task)",
+        "no_reference": "No single-task run among the systems: nothing is normalised.",
+        "cost": f"Latency: {d['latency']}. Cost: {d['cost']}.",
+    }
+
+
+def markdown(cmp: dict[str, Any]) -> str:
+    """Tables: the benchmark's metrics, scores normalised to single-task (with their references), and cost."""
+    notes = table_notes(cmp)
+    refs = _table(REFERENCE_HEADER, reference_rows(cmp))
     parts = [
         f"# Comparison ({cmp['split']} split)",
-        f"## Scores\n\n{scores}\n\nTask score: {d['task_score']}. Average ({common}): {d['common_average']}."
-        f"{own_note} Note: {d['ensembles']}.",
-        f"## Normalised to single-task (%)\n\n{norm}\n\nNormalised: {d['normalised']}. "
-        f"Average: {d['normalised_average']}.",
-        f"### References ({cmp.get('reference_method', 'mean')} single-task run per task)\n\n"
-        + (refs if cmp["reference"] else "No single-task run among the systems: nothing is normalised."),
-        f"## Cost\n\n{cost}\n\nLatency: {d['latency']}. Cost: {d['cost']}.",
+        f"## Scores\n\n{_table(*score_table(cmp))}\n\n{notes['scores']}",
+        f"## Normalised to single-task (%)\n\n{_table(*normalised_table(cmp))}\n\n{notes['normalised']}",
+        f"### {notes['references']}\n\n" + (refs if cmp["reference"] else notes["no_reference"]),
+        f"## Cost\n\n{_table(COST_HEADER, cost_rows(cmp))}\n\n{notes['cost']}",
     ]
     return "\n\n".join(parts) + "\n"
 
@@ -271,7 +303,7 @@ def terminal(cmp: dict[str, Any], width: int = 80) -> str:
     ]
     notes = [
         "task score: mean of the task's metrics (0-100); ensembles and stacks: out-of-fold on dev.",
-        f"avg common: over the tasks every system has ({_common_label(cmp)}).",
+        f"avg common: over the tasks every system has ({common_label(cmp)}).",
     ]
     if own:
         notes.append(
@@ -302,24 +334,15 @@ def terminal(cmp: dict[str, Any], width: int = 80) -> str:
 # ------------------------------------------------------------------------------------------ plots
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_task_bars(cmp: dict[str, Any], path: Path) -> None:
+def task_bars_figure(cmp: dict[str, Any]) -> Any:
     """Grouped bars: one group per task, plus the average over the common tasks when there are any; one bar
     per system (its own colour, its kind's hatch). A system's average over other task sets is not drawn."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     groups = list(cmp["tasks"])
     if cmp["common_tasks"] and len(cmp["tasks"]) > 1:
-        groups.append(f"average\n({_common_label(cmp)})")
+        groups.append(f"average\n({common_label(cmp)})")
     entries = cmp["entries"]
     colours = system_colours(len(entries))
     width = 0.8 / max(len(entries), 1)
@@ -345,9 +368,12 @@ def plot_task_bars(cmp: dict[str, Any], path: Path) -> None:
     ax.axhline(0, color="black", linewidth=0.6)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0), ncol=1 + len(entries) // 25)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    return fig
+
+
+def plot_task_bars(cmp: dict[str, Any], path: Path) -> None:
+    """``task_bars_figure`` as a PNG file."""
+    save_png(task_bars_figure(cmp), path)
 
 
 def score_cost_rows(cmp: dict[str, Any]) -> list[tuple[str, str | None]]:
@@ -357,16 +383,16 @@ def score_cost_rows(cmp: dict[str, Any]) -> list[tuple[str, str | None]]:
     differ (so that no axis holds averages over different task sets)."""
     rows: list[tuple[str, str | None]] = []
     if cmp["common_tasks"]:
-        rows.append((f"average score over {_common_label(cmp)}", None))
+        rows.append((f"average score over {common_label(cmp)}", None))
     if not cmp.get("same_tasks", False) or not rows:
         rows += [(f"{t} score", t) for t in cmp["tasks"]]
     return rows
 
 
-def plot_score_vs_cost(cmp: dict[str, Any], path: Path) -> None:
+def score_vs_cost_figure(cmp: dict[str, Any]) -> Any:
     """Scores against parameters, latency per example (batch 1) and training time, one panel each: a row for
     the average over the common tasks, and a row per task when the systems' tasks differ."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = [
         ("parameters", lambda c: c["parameters"], True),
         ("ms / example (batch 1)", lambda c: c["latency_ms_per_example"]["b1"], False),
@@ -415,6 +441,9 @@ def plot_score_vs_cost(cmp: dict[str, Any], path: Path) -> None:
         fig.legend(handles, names, fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 0.98))
     fig.suptitle("Score against cost")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    return fig
+
+
+def plot_score_vs_cost(cmp: dict[str, Any], path: Path) -> None:
+    """``score_vs_cost_figure`` as a PNG file."""
+    save_png(score_vs_cost_figure(cmp), path)

@@ -31,6 +31,7 @@ HEADS_JSON = "heads.json"
 HEADS_WEIGHTS = "heads.safetensors"
 METRICS = "metrics.json"  # dev metrics at the end of train / merge / ensemble
 RESULTS = "results.json"  # what was run, metrics, cost: what compare reads
+MODEL_CARD = "README.md"  # the model card (Hugging Face Hub style) of train, merge, ensemble, stack outputs
 PREDICTIONS = "predictions"  # predictions/<task>.jsonl (dev), predictions/<split>/<task>.jsonl (evaluate)
 CHECKPOINTS = "checkpoints"  # resumable training state
 LOG = "log.jsonl"
@@ -40,13 +41,26 @@ MERGE = "merge.json"  # the merge request and its record (replay: mtfuse merge -
 SEARCH = "search.json"
 ENSEMBLE = "ensemble.json"  # an ensemble's or stack's members, method and fitted parameters
 COMPARE = "compare.json"
+AFFINITY = "affinity.json"  # `mtfuse affinity`: matrices, groupings, transfer map
+REPORT = "report.html"  # `mtfuse report`: one self-contained page
 ONNX = "onnx"  # `mtfuse export --format onnx`: RUN_DIR/onnx/ (model.onnx, model.int8.onnx, export.json, tokenizer)
 ONNX_MODEL = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
 EXPORT = "export.json"  # what an export holds: inputs, outputs per task, head specs, the model it came from
 PREVIOUS = ".previous-run"  # an old run moved aside by train --overwrite until the new one is written
 
-TRAIN_FILES = (CONFIG, MODEL, CHECKPOINTS, METRICS, RESULTS, PREDICTIONS, LOG, TENSORBOARD, BEST_MODEL)
+TRAIN_FILES = (
+    CONFIG,
+    MODEL,
+    CHECKPOINTS,
+    METRICS,
+    RESULTS,
+    MODEL_CARD,
+    PREDICTIONS,
+    LOG,
+    TENSORBOARD,
+    BEST_MODEL,
+)
 
 #: The command families: an output of one may be replaced (--overwrite) only by the same family.
 FAMILY = {
@@ -57,6 +71,7 @@ FAMILY = {
     "stack": "ensemble",
     "compare": "compare",
     "affinity": "affinity",
+    "report": "report",
     "export": "export",
     "finetune": "finetune",  # a folder of fine-tuned runs (one per task) and their merge
 }
@@ -186,6 +201,18 @@ def write_json(path: Path, obj: Any) -> None:
         raise disk_error(path, e) from None
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(path, e) from None
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -306,7 +333,19 @@ def check_evaluate_output(run_dir: Path, output: Path) -> None:
     """`evaluate --output` writes one metrics JSON file: never a directory, never a file of the contract."""
     if output.is_dir():
         raise MtfuseError(f"{output}: --output is a directory; give a file name such as metrics-test.json")
-    reserved = {CONFIG, RESULTS, METRICS, OWNER, MERGE, ENSEMBLE, COMPARE, HEADS_JSON, SEARCH, LOG}
+    reserved = {
+        CONFIG,
+        RESULTS,
+        METRICS,
+        MODEL_CARD,
+        OWNER,
+        MERGE,
+        ENSEMBLE,
+        COMPARE,
+        HEADS_JSON,
+        SEARCH,
+        LOG,
+    }
     parent = output.resolve().parent
     if (
         output.name in reserved

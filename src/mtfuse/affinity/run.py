@@ -23,8 +23,10 @@ from tqdm.auto import tqdm
 from mtfuse import rundir
 from mtfuse.affinity.grouping import best_groupings, transfer_map
 from mtfuse.affinity.lookahead import lookahead_update, loss_affinity
+from mtfuse.affinity.plots import affinity_figure, cosine_figure
 from mtfuse.config import RunConfig, dump
 from mtfuse.errors import ConfigError
+from mtfuse.figures import save_png
 from mtfuse.model import MultiTaskModel, load_encoder
 from mtfuse.plan import check_encoder, make_plan
 from mtfuse.tasks.features import collate
@@ -39,7 +41,7 @@ from mtfuse.training.setup import (
 )
 from mtfuse.training.steps import loss_of as task_loss
 
-AFFINITY = "affinity.json"
+AFFINITY = rundir.AFFINITY
 
 
 def measure(
@@ -183,13 +185,8 @@ def write(result: dict[str, Any], output: Path, overwrite: bool) -> None:
 
     def fill(tmp: Path) -> None:
         rundir.write_json(tmp / AFFINITY, result)
-        _heatmap(
-            np.array(result["affinity"]),
-            result["tasks"],
-            "affinity: i onto j (1 - L_j after / before)",
-            tmp / "affinity.png",
-        )
-        _heatmap(np.array(result["cosine"]), result["tasks"], "gradient cosine", tmp / "cosine.png")
+        save_png(affinity_figure(result), tmp / "affinity.png", dpi=110, tight=False)
+        save_png(cosine_figure(result), tmp / "cosine.png", dpi=110, tight=False)
         for k, options in result["groupings"].items():
             if int(k) in (1, len(result["tasks"])):
                 continue  # one model of all tasks is the input config; k = n is every task alone
@@ -200,26 +197,3 @@ def write(result: dict[str, Any], output: Path, overwrite: bool) -> None:
                 path.write_text(dump(sub), encoding="utf-8")
 
     rundir.write_dir_atomic(output, "affinity", overwrite, fill)
-
-
-def _heatmap(M: np.ndarray, names: list[str], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lim = float(np.abs(M).max()) or 1.0
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(names), 1.0 + 0.7 * len(names)))
-    im = ax.imshow(M, cmap="RdBu", vmin=-lim, vmax=lim)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("onto task j")
-    ax.set_ylabel("step on task i")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{M[i, j]:.3g}", ha="center", va="center", fontsize=7)
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -15,7 +15,9 @@ import mtfuse
 from mtfuse import rundir
 from mtfuse.config import RunConfig
 from mtfuse.evaluate import evaluate_tasks, records, with_average
+from mtfuse.invocation import command_line
 from mtfuse.model import MultiTaskModel
+from mtfuse.model_card import write_card
 from mtfuse.tasks.features import TaskData
 from mtfuse.training.log import RunLog
 from mtfuse.training.setup import Schedule, peak_memory_mb
@@ -44,7 +46,8 @@ def finish(
     last_eval: dict[str, Any],
     log: RunLog,
 ) -> dict[str, Any]:
-    """Write ``model/`` (the last or the best weights), ``metrics.json``, ``predictions/``, ``results.json``."""
+    """Write ``model/`` (the last or the best weights), ``metrics.json``, ``predictions/``, ``results.json`` and
+    the model card (``README.md``)."""
     main = acc.is_main_process
     final_model = core
     if main:
@@ -74,7 +77,10 @@ def finish(
             records(tasks[n], p, pr, tasks[n].gold["dev"]),
         )
     rundir.write_json(out / rundir.METRICS, {"split": "dev", **final})
-    rundir.write_json(out / rundir.RESULTS, results_record(cfg, final, state, core, acc, sched.total))
+    train_sizes = {n: len(t.splits["train"]) for n, t in tasks.items()}
+    record = results_record(cfg, final, state, core, acc, sched.total, train_sizes)
+    rundir.write_json(out / rundir.RESULTS, record)
+    write_card(out)
     log.write({"step": state.step, "event": "end", "average": final["average"]})
     log.close()
     rundir.drop_previous(out)
@@ -88,6 +94,7 @@ def results_record(
     model: MultiTaskModel,
     acc: Accelerator,
     total: int,
+    train_sizes: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     import transformers
 
@@ -101,7 +108,9 @@ def results_record(
         "kind": kind,
         **({"init_from": init} if init else {}),
         "tasks": [t.name for t in cfg.tasks],
+        "command": command_line(),
         "metrics": final,
+        "examples": {"train": train_sizes or {}, "dev": final.get("examples", {})},
         "seed": cfg.train.seed,
         "steps": state.step,
         "total_steps": total,

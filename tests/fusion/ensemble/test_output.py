@@ -22,6 +22,7 @@ def test_ensemble_of_fake_runs_writes_a_run_like_directory(tmp_path: Path) -> No
     fusion = O.ensemble_command(members, out, method="weighted_nll", folds=4, seed=1)
     assert sorted(p.name for p in out.iterdir()) == [
         ".mtfuse.json",  # who wrote it (mtfuse.rundir): only an ensemble or a stack may replace it
+        "README.md",  # the model card
         "diversity.json",
         "ensemble.json",
         "metrics.json",

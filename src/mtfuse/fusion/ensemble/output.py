@@ -1,6 +1,6 @@
 """`mtfuse ensemble` / `mtfuse stack`: fuse members' dev predictions per task and write a run-like
 directory (``ensemble.json``, ``metrics.json``, ``results.json``, ``predictions/<task>.jsonl``,
-``diversity.json``) atomically through ``mtfuse.rundir``."""
+``diversity.json``, the model card ``README.md``) atomically through ``mtfuse.rundir``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from mtfuse.fusion.ensemble.members import Member, load_all, metrics_record, spl
 from mtfuse.fusion.ensemble.methods import METHODS, TuningOptions
 from mtfuse.fusion.ensemble.protocol import TaskFusion, check_folds, fuse_task, protocol_text
 from mtfuse.fusion.ensemble.texts import fuse_texts
+from mtfuse.invocation import command_line
+from mtfuse.model_card import write_card
 
 DIVERSITY = "diversity.json"
 
@@ -114,6 +116,7 @@ class Fusion:
             "kind": self.kind,
             "method": self.method,
             "tasks": list(self.tasks),
+            "command": command_line(),
             "metrics": self.metrics(),
             "seed": self.seed,
             "folds": self.folds,
@@ -130,6 +133,7 @@ class Fusion:
             rundir.write_json(tmp / rundir.METRICS, self.metrics())
             rundir.write_json(tmp / rundir.RESULTS, self.results())
             rundir.write_json(tmp / DIVERSITY, self.diversity)
+            write_card(tmp, name=output.name)
             for name, f in self.tasks.items():
                 path = rundir.inside(tmp, rundir.PREDICTIONS, f"{rundir.check_name(name, 'ensemble')}.jsonl")
                 rundir.write_jsonl(path, f.ta.records(f.out))

@@ -37,6 +37,8 @@ from mtfuse.fusion.merge.inputs import TOKENIZER_FILES, MergeInput, MergePlan, p
 from mtfuse.fusion.merge.method import MergeMethod, tensor_generator
 from mtfuse.fusion.merge.request import MergeRequest
 from mtfuse.fusion.merge.statistics import Stats, StatsContext, compute_stats
+from mtfuse.invocation import command_line
+from mtfuse.model_card import write_card
 
 
 class _Tensors:
@@ -242,6 +244,7 @@ def merge_runs(
             also(tmp)
         record["merge_seconds"] = round(time.perf_counter() - t0, 3)
         rundir.write_json(tmp / rundir.MERGE, record)
+        write_card(tmp, name=output.name)  # no dev metrics yet: command.score_merge rewrites it
 
     rundir.write_dir_atomic(output, "merge", overwrite, fill)
     return record
@@ -307,6 +310,7 @@ def _write_merged(
         {
             "kind": "merged",
             "tasks": [s["task"] for s in specs],
+            "command": command_line(),
             "merge": {k: v for k, v in record.items() if k != "merge_seconds"},
             "cost": {
                 "parameters": n_params + n_heads,
