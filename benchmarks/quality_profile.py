@@ -20,7 +20,8 @@ Three steps, each resumable (a run that already has its output is kept):
                              train-holdout), RegMean (data-dependent);
                ensembled     per task, the single-task run and the multi-task runs: a Caruana ensemble and a
                              stack (both tuned and scored out-of-fold on dev, as `mtfuse ensemble` does);
-             then `mtfuse compare` of everything -> results/quality_profile-s<SEED>.json.
+             then `mtfuse compare` of everything -> results/quality_profile-s<SEED>.json, and `mtfuse report`
+             -> runs/quality/s<SEED>/report/report.html.
     table    means and standard deviations over the seeds that have results -> results/quality_profile.json and
              .md, with the majority-class baselines and the goals of issue 16.
 
@@ -51,9 +52,10 @@ MTFUSE = Path(sys.executable).with_name("mtfuse")
 TASKS = ("cola", "mrpc", "rte", "stsb")
 # The recipe search: (pooling, learning rate) at the profile's 3 epochs. Mean pooling only: all-MiniLM-L6-v2 is a
 # sentence-transformers model trained through mean pooling (its pooler is not), and the pooler runs of issue 16
-# stayed at the majority class. lr 5e-5 was tried first and stopped after two tasks, both at the majority
-# class's level on train-holdout (the search JSON's "stopped" lists what such runs scored).
-GRID = (("mean", 1e-4), ("mean", 2e-4))
+# stayed at the majority class. lr 5e-5 and 2e-4 were tried too and stopped after two tasks (the search JSON's
+# "stopped" lists what they scored): 5e-5 stayed at the majority class's level, 2e-4 was no clear gain over
+# 1e-4 (CoLA better, MRPC worse), so 1e-4, the one measured on every task, was frozen.
+GRID = (("mean", 1e-4),)
 SEARCH_SEED = 0  # not one of the reported seeds
 MTL_ARMS = {  # name -> overrides
     "mtl-equal": [],
@@ -243,6 +245,7 @@ def run(args: argparse.Namespace) -> None:
             systems.append(out)
     compare = work / "compare"
     cli("compare", *systems, "--output", compare, "--overwrite", log=work / "compare.log")
+    cli("report", compare, "--output", work / "report", "--overwrite", log=work / "report.log")
     cmp = json.loads((compare / "compare.json").read_text())
     out = {
         "benchmark": "quality_profile",
