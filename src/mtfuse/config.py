@@ -279,9 +279,24 @@ class TrainConfig(Strict):
     )
     diagnostics: bool = True  # at every evaluation, log the cosine matrix of task gradients (the conflicts)
     log_every: PositiveInt = 10
-    tensorboard: bool = True
+    tensorboard: bool = True  # false drops 'tensorboard' from log_with
+    # experiment trackers, through accelerate's tracker API: tensorboard (RUN_DIR/tb), wandb, mlflow, comet_ml,
+    # aim, clearml, dvclive, swanlab, trackio; each needs its own package. log.jsonl is always written.
+    log_with: list[str] = Field(default_factory=lambda: ["tensorboard"])
+    tracker_project: str | None = None  # project / experiment name; default: the run directory's name
+    tracker_init: dict[str, dict[str, Any]] = Field(default_factory=dict)  # tracker -> its init kwargs
     progress: bool = True
     cpu: bool = False  # force the CPU even where a GPU is present
+
+    @field_validator("log_with")
+    @classmethod
+    def _trackers_known(cls, v: list[str]) -> list[str]:
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+        unknown = [t for t in v if t not in LOGGER_TYPE_TO_CLASS]
+        if unknown:
+            raise ValueError(f"unknown tracker {unknown}; choose from {sorted(LOGGER_TYPE_TO_CLASS)}")
+        return list(dict.fromkeys(v))
 
     @field_validator("adam_betas")
     @classmethod

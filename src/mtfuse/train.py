@@ -36,7 +36,7 @@ from mtfuse.tasks.prepare import prepare_tasks
 from mtfuse.training.evaluation import evaluate_and_log
 from mtfuse.training.finish import finish
 from mtfuse.training.init_from import init_specs, load_init_encoder, load_init_heads, read_init_source
-from mtfuse.training.log import RunLog
+from mtfuse.training.log import RunLog, check_trackers, trackers_of
 from mtfuse.training.setup import (
     Schedule,
     build_optimizer,
@@ -61,6 +61,7 @@ def train(
     main = acc.is_main_process
     if main:
         rundir.check_output(out, "train", overwrite, resume)  # refuse now, before any slow work
+        check_trackers(trackers_of(cfg.train))
     if cfg.model.init_from and Path(cfg.model.init_from).resolve() == out.resolve():
         raise MtfuseError(f"model.init_from: {out} is the output directory itself; choose another --output")
     with rundir.lock(out) if main else contextlib.nullcontext():
@@ -132,7 +133,9 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
         (out / rundir.CONFIG).write_text(dump(cfg), encoding="utf-8")  # resolved: defaults written out
     acc.wait_for_everyone()
     state = run.loop
-    log = RunLog(out, main, tr.tensorboard, state.step if resume else None)
+    log = RunLog(
+        out, main, trackers_of(tr), state.step if resume else None, tr.tracker_project, tr.tracker_init
+    )
     if main and not resume:
         log.write(
             {
