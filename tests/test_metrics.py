@@ -33,6 +33,8 @@ def test_registry_names() -> None:
             "frame_accuracy",
             "exact_match",
             "squad_f1",
+            "perplexity",
+            "mlm_loss",
         ]
     )
     with pytest.raises(ConfigError, match="unknown metric 'meteor'"):

@@ -1,6 +1,8 @@
 """The task-type contract: every registered task type goes through train -> evaluate -> predict -> ensemble ->
 stack -> merge -> compare with a tiny encoder. A new task type must add its synthetic data here (the first
-test fails until it does), and then runs through every command like the others."""
+test fails until it does), and then runs through every command like the others. A type whose outputs are
+not fused (``TaskType.fusable``: masked_lm) is refused by ensemble and stack with a one-line error naming
+its type, and goes through merge and compare."""
 
 from __future__ import annotations
 
@@ -88,6 +90,10 @@ def _span_qa(rng: random.Random) -> dict[str, Any]:
     }
 
 
+def _masked_lm(rng: random.Random) -> dict[str, Any]:
+    return {"text": " ".join(_sentence(rng, 8))}  # unlabelled text
+
+
 #: task type -> (row builder, text_fields, label_field, metrics)
 DATA: dict[str, tuple[Any, list[str], str]] = {
     "classification": (_classification, ["text"], "label"),
@@ -100,6 +106,7 @@ DATA: dict[str, tuple[Any, list[str], str]] = {
     "intent_slots": (_intent_slots, ["tokens"], "label"),
     "srl": (_srl, ["words", "predicate"], "roles"),
     "span_qa": (_span_qa, ["question", "context"], "answers"),
+    "masked_lm": (_masked_lm, ["text"], "label"),  # the label field is not read (there is none)
 }
 
 
@@ -153,6 +160,30 @@ def test_task_type_through_every_command(tmp_path: Path, tiny_model_dir: Path, t
     ok("predict", runs[0], "--task", "t", "--input", inp, "--output", tmp_path / "pred.jsonl")
     preds = [json.loads(x) for x in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert len(preds) == 2
+
+    if not TASK_TYPES.get(ttype).fusable:  # no outputs to fuse: refused, in one line naming the type
+        for argv in (
+            ["ensemble", *runs, "--method", "mean", "--output", tmp_path / "ens"],
+            ["stack", *runs, "--folds", "3", "--output", tmp_path / "stack"],
+        ):
+            code, out, err = run_cli(argv)
+            assert code == 2 and "error:" in err and ttype in err and "Traceback" not in out + err, err
+            assert not Path(argv[-1]).exists()  # nothing written
+        ok("merge", *runs, "--method", "greedy_soup", "--output", tmp_path / "merged")
+        ok(
+            "predict",
+            tmp_path / "merged",
+            "--task",
+            "t",
+            "--input",
+            inp,
+            "--output",
+            tmp_path / "pred-m.jsonl",
+        )
+        ok("compare", *runs, tmp_path / "merged", "--latency", "0", "--output", tmp_path / "cmp")
+        assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["entries"]
+        assert "t" in json.loads((tmp_path / "merged" / "metrics.json").read_text())["tasks"]
+        return
 
     ok("ensemble", *runs, "--method", "mean", "--output", tmp_path / "ens")
     if TASK_TYPES.get(ttype).fused_as_text:  # texts: no probabilities to stack; the type says so

@@ -409,6 +409,22 @@ def _target_table(report: dict[str, Any]) -> None:
     console.print(table)
 
 
+def _masked_table(report: dict[str, Any]) -> None:
+    """Masked-LM tasks: the tokens that may be masked (not special) and those the split's fixed masks chose."""
+    rows = [(n, s, i) for n, splits in report.items() for s, i in splits.items() if "masked_tokens" in i]
+    if not rows:
+        return
+    table = Table(title="masked tokens (masked_lm tasks, fixed masks)")
+    table.add_column("task", overflow="fold")
+    table.add_column("split")
+    for col in ("maskable", "masked", "share"):
+        table.add_column(col, justify="right")
+    for name, s, info in rows:
+        keys = ("maskable_tokens", "masked_tokens", "masked_share")
+        table.add_row(name, s, *(str(info[k]) for k in keys))
+    console.print(table)
+
+
 def _data_check_tables(title: str, report: dict[str, Any], unseen: dict[str, Any]) -> None:
     # One narrow table of sizes (fits 80 columns), then one table of label counts per task: label names can
     # be long and many (BIO tags), so they get rows of their own instead of a squeezed cell.
@@ -436,6 +452,7 @@ def _data_check_tables(title: str, report: dict[str, Any], unseen: dict[str, Any
             )
     console.print(table)
     _target_table(report)
+    _masked_table(report)
     for name, splits in report.items():
         counted = {s: info["labels"] for s, info in splits.items() if "labels" in info}
         if not counted:

@@ -339,7 +339,8 @@ def build_comparison(entries: list[Entry], reference: str = "mean") -> dict[str,
         "reference_method": reference,
         "reference": refs,
         "definitions": {
-            "task_score": "mean of the task's metrics (0-100)",
+            "task_score": "mean of the task's metrics (0-100, higher is better; a lower-is-better metric, "
+            "perplexity or mlm_loss, counts as 100 / perplexity)",
             "common_average": "mean task score over the tasks every entry has (comparable across entries)",
             "average": "mean task score over the entry's own tasks ('tasks'): comparable only between entries "
             "with the same tasks",

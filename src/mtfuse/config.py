@@ -200,12 +200,34 @@ class SpanQAConfig(Strict):
     n_best: int = Field(20, ge=1)  # start and end candidates tried per example (top-k x top-k)
 
 
+class MaskedLMOptions(Strict):
+    """Options of a ``masked_lm`` task (``mtfuse.tasks.types.masked_lm``): BERT's masking (Devlin et al.
+    2019) and what predictions show."""
+
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)  # the share of (non-special) tokens chosen
+    mask_replace_prob: float = Field(0.8, ge=0.0, le=1.0)  # of the chosen: replaced by [MASK]
+    random_replace_prob: float = Field(0.1, ge=0.0, le=1.0)  # of the chosen: a random token; the rest stay
+    # dev / test (and every batch that is not a training draw) are masked once, with this seed and each
+    # text's token ids: the same masks at every evaluation and in every run, so perplexities compare
+    eval_seed: int = 0
+    top_k: int = Field(5, ge=1)  # fillers shown per masked position in prediction records
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> MaskedLMOptions:
+        if self.mask_replace_prob + self.random_replace_prob > 1.0:
+            raise ValueError(
+                "mask_replace_prob + random_replace_prob must be at most 1 (the rest of the chosen tokens "
+                f"stay as they are), got {self.mask_replace_prob} + {self.random_replace_prob}"
+            )
+        return self
+
+
 class TaskConfig(Strict):
     name: str
     type: str
     data: DataConfig
     text_fields: list[str] | None = None  # 1 (sentence) or 2 (pair); for token tasks the token-list field
-    label_field: str | None = None
+    label_field: str | None = None  # not read by types without labels (masked_lm)
     labels: list[str] | None = None  # fixed label order; default: sorted labels seen in train
     metrics: list[str] | None = None  # default: the task type's metrics
     max_length: int = Field(128, ge=2)  # [CLS] and [SEP] take two positions
@@ -217,6 +239,7 @@ class TaskConfig(Strict):
     generation: GenerationConfig | None = None  # type 'generation' only (default: its defaults)
     intent_slots: IntentSlotsOptions | None = None  # type intent_slots only; default: IntentSlotsOptions()
     span_qa: SpanQAConfig | None = None  # type 'span_qa' only (default: its defaults)
+    masked_lm: MaskedLMOptions | None = None  # type 'masked_lm' only (default: its defaults)
 
     @field_validator("name")
     @classmethod

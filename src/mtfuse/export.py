@@ -209,7 +209,7 @@ def export_onnx(run_dir: Path, out: Path, quantize: str | None, log: Any = print
 
 
 def _output_shape(spec: HeadSpec) -> list[str | int]:
-    if spec.head == "token_classification":
+    if spec.head in ("token_classification", "masked_lm"):  # masked LM: every position (no mask in the graph)
         return ["batch", "sequence", spec.num_outputs]
     if spec.head == "multiple_choice":
         return [f"batch/{spec.num_outputs}", spec.num_outputs]

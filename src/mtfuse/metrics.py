@@ -1,4 +1,7 @@
-"""Evaluation metrics, on the 0-100 scale (GLUE convention: the usual score x 100).
+"""Evaluation metrics, on the 0-100 scale (GLUE convention: the usual score x 100), higher being better;
+except the figures in ``LOWER_IS_BETTER`` (a masked-LM task's ``perplexity`` and ``mlm_loss``), which keep
+their own scale and are turned into a 0-100, higher-is-better score wherever scores are compared
+(:func:`task_score`: model selection, averages, compare's normalisation, merge searches and soups).
 
 Every entry of ``METRICS`` is a pure function ``fn(preds, golds) -> float``. The maths is delegated to
 scikit-learn, SciPy and seqeval so that scores match the published GLUE / CoNLL numbers; this module only
@@ -13,6 +16,7 @@ Degenerate cases return 0.0 instead of NaN (a NaN would silently poison the task
 * ``f1``, ``micro_f1``, ``macro_f1``, ``seqeval_f1``: a precision or recall with an empty denominator counts
   as 0 (``zero_division=0``).
 * ``srl_precision``, ``srl_recall``, ``srl_f1``: the same, with no predicted or no gold argument.
+* ``perplexity``, ``mlm_loss``: no masked token in the split (nothing was scored): 0.0, and a task score of 0.
 """
 
 from __future__ import annotations
@@ -209,11 +213,19 @@ def srl_f1(preds: Sequence[Sequence[str]], golds: Sequence[Sequence[str]]) -> fl
     return 100.0 * float(_f1(tp, n_pred - tp, n_gold - tp))
 
 
+def score_of(metric: str, value: float) -> float:
+    """A metric's value as a 0-100 score, higher being better: the value itself, or for a lower-is-better
+    figure (``LOWER_IS_BETTER``) its score."""
+    to_score = LOWER_IS_BETTER.get(metric)
+    return float(value) if to_score is None else to_score(float(value))
+
+
 def task_score(metrics: Mapping[str, float]) -> float:
-    """One number per task: the mean of its metrics (e.g. MRPC = mean(F1, accuracy), as on the GLUE board).
-    Descriptive figures that are not scores (``DESCRIPTIVE``: a generation task's ``gen_len``) are left out."""
-    scores = [float(v) for k, v in metrics.items() if k not in DESCRIPTIVE] or [
-        float(v) for v in metrics.values()
+    """One number per task: the mean of its metrics (e.g. MRPC = mean(F1, accuracy), as on the GLUE board),
+    lower-is-better figures as their scores (:func:`score_of`). Descriptive figures that are not scores
+    (``DESCRIPTIVE``: a generation task's ``gen_len``) are left out."""
+    scores = [score_of(k, v) for k, v in metrics.items() if k not in DESCRIPTIVE] or [
+        score_of(k, v) for k, v in metrics.items()
     ]
     if not scores:
         raise ValueError("task_score needs at least one metric")
@@ -379,3 +391,51 @@ def exact_match(preds: Sequence[str], golds: Sequence[Sequence[str]]) -> float:
 def squad_f1(preds: Sequence[str], golds: Sequence[Sequence[str]]) -> float:
     """SQuAD v1.1 token F1, x100 (bag-of-tokens overlap after normalisation, the best gold answer)."""
     return _squad_mean(_squad_f1_one, preds, golds)
+
+
+# -- masked language modelling: the NLL of each masked token's original id (Devlin et al. 2019) -------------
+# ``preds``: per example, the negative log-likelihood (nats) the model gives each of its masked tokens' gold ids
+# (mtfuse.tasks.types.masked_lm); ``golds``: per example, those gold tokens (only their number is checked).
+
+
+def _masked_nlls(preds: Sequence[Sequence[float]], golds: Sequence[Sequence[Any]] | None) -> np.ndarray:
+    if golds is not None:
+        if len(preds) != len(golds) or any(len(p) != len(g) for p, g in zip(preds, golds, strict=True)):
+            raise ValueError("per-token NLLs and gold masked tokens differ in number")
+    flat = [float(x) for p in preds for x in p]
+    return np.asarray(flat, dtype=np.float64)
+
+
+@METRICS.register("mlm_loss")
+def mlm_loss(preds: Sequence[Sequence[float]], golds: Sequence[Sequence[Any]] | None) -> float:
+    """The mean token cross-entropy (nats) over every masked token of the split: the masked-LM loss of
+    Devlin et al. 2019 ("BERT", NAACL), on the split. Lower is better (``LOWER_IS_BETTER``)."""
+    nll = _masked_nlls(preds, golds)
+    return float(nll.mean()) if nll.size else 0.0
+
+
+@METRICS.register("perplexity")
+def perplexity(preds: Sequence[Sequence[float]], golds: Sequence[Sequence[Any]] | None) -> float:
+    """exp(:func:`mlm_loss`): the perplexity of the masked tokens, pooled over the split (the exponent of the
+    mean, not the mean of per-example perplexities). Lower is better (``LOWER_IS_BETTER``); a model that
+    spreads its probability evenly over a vocabulary of V tokens has perplexity V."""
+    nll = _masked_nlls(preds, golds)
+    return float(math.exp(min(float(nll.mean()), 700.0))) if nll.size else 0.0  # 700: exp's float range
+
+
+def _inverse_perplexity(ppl: float) -> float:
+    return 100.0 / ppl if math.isfinite(ppl) and ppl > 0 else 0.0
+
+
+def _probability_of_loss(loss: float) -> float:
+    # 0.0 is what mlm_loss reports for a split without masked tokens (a real loss over a split is > 0)
+    return 100.0 * math.exp(-loss) if math.isfinite(loss) and loss > 0 else 0.0
+
+
+#: lower-is-better figures -> their 0-100 higher-is-better score: for perplexity and the masked-LM loss alike,
+#: 100 / perplexity = 100 * exp(-mean NLL), the geometric mean of the probability the model gives the masked
+#: tokens' gold ids (x100), so that the two agree and a task's score falls as its perplexity rises
+LOWER_IS_BETTER: dict[str, Callable[[float], float]] = {
+    "perplexity": _inverse_perplexity,
+    "mlm_loss": _probability_of_loss,
+}

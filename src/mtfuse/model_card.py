@@ -68,9 +68,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def _labels(labels: list[str] | None, task_type: str) -> str:
     if labels is None:
-        return {"regression": "(a number)", "generation": "(text)", "span_qa": "(a span of the context)"}.get(
-            task_type, "–"
-        )
+        return {
+            "regression": "(a number)",
+            "generation": "(text)",
+            "span_qa": "(a span of the context)",
+            "masked_lm": "(the masked tokens of unlabelled text)",
+        }.get(task_type, "–")
     shown = ", ".join(map(str, labels[:MAX_LABELS]))
     return shown + (f", … ({len(labels)} in all)" if len(labels) > MAX_LABELS else "")
 

@@ -17,7 +17,7 @@ from mtfuse.evaluate import outside_index, predict_encoded, records, word_level
 from mtfuse.model import MultiTaskModel
 from mtfuse.tasks.features import Encoded, TaskData, Tokenizing, collate, encode_rows, resolve_fields
 from mtfuse.tasks.readers import READERS
-from mtfuse.tasks.types import TASK_TYPES
+from mtfuse.tasks.types import TASK_TYPES, TaskType
 
 INPUT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 #: torch: the run's MultiTaskModel; onnx / onnx-int8: RUN_DIR/onnx/ written by `mtfuse export` (CPU)
@@ -131,9 +131,15 @@ class Predictor:
         rows = _located(rows)
         encs = {t.name: encode_rows(rows, t, "input", self.tokenizing, with_labels=False)[0] for t in tasks}
         groups: dict[str, list[TaskData]] = {}
-        for t in tasks:
-            groups.setdefault(_encoding_key(encs[t.name]), []).append(t)
         out: dict[str, list[dict[str, Any]]] = {}
+        for t in tasks:
+            if _predicts_alone(t):  # its type decodes on its own (generation, span QA, masked LM)
+                preds, probs = predict_encoded(
+                    self.model, t, encs[t.name], self.batch_size, self.device, self._pad_id()
+                )
+                out[t.name] = _finish(t, records(t, preds, probs), rows)
+            else:
+                groups.setdefault(_encoding_key(encs[t.name]), []).append(t)
         for group in groups.values():
             for t, (preds, probs) in zip(group, self._predict_group(group, encs), strict=True):
                 out[t.name] = _finish(t, records(t, preds, probs), rows)
@@ -174,6 +180,12 @@ class Predictor:
 
     def _pad_id(self) -> int:
         return self.tokenizer.pad_token_id or 0
+
+
+def _predicts_alone(task: TaskData) -> bool:
+    """The task's type has its own prediction path (``TaskType.predict_split``): one shared forward pass and
+    the generic decoding do not fit it."""
+    return type(task.type).predict_split is not TaskType.predict_split
 
 
 def _located(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -302,7 +302,8 @@ def terminal(cmp: dict[str, Any], width: int = 80) -> str:
         for t, r in cmp["reference"].items()
     ]
     notes = [
-        "task score: mean of the task's metrics (0-100); ensembles and stacks: out-of-fold on dev.",
+        "task score: mean of the task's metrics (0-100; perplexity counts as 100 / perplexity); ensembles and "
+        "stacks: out-of-fold on dev.",
         f"avg common: over the tasks every system has ({common_label(cmp)}).",
     ]
     if own:

@@ -154,9 +154,12 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
     ] = {}  # the latest evaluation, reused at the end when it scored the final weights
 
     def next_batch(name: str) -> tuple[int, dict[str, torch.Tensor]]:
-        """The next global batch of a task; this process keeps its share (every world-th example)."""
-        idx = streams[name].next()
-        batch = collate(tasks[name].splits["train"], idx[rank::world], pad_id, tasks[name].type)
+        """The next global batch of a task; this process keeps its share (every world-th example). Random
+        parts of a batch (masked LM's masks) are drawn from the stream's seed and epoch: resumable."""
+        stream = streams[name]
+        idx = stream.next()
+        draw = (stream.seed, stream.epoch)  # the epoch of this batch (next() has moved on to it)
+        batch = collate(tasks[name].splits["train"], idx[rank::world], pad_id, tasks[name].type, draw)
         return len(idx), {k: v.to(acc.device) for k, v in batch.items()}
 
     def step_tasks(step: int) -> list[str]:

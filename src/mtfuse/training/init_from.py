@@ -1,7 +1,7 @@
 """``model.init_from: RUN_DIR``: start training from another run's weights instead of the pretrained encoder.
 
 The encoder is the run's encoder (``RUN_DIR/model``, read from safetensors); a task that the run also has, with
-the same head spec (type, head, labels, outputs, pooling, layer, decoder), starts from that run's head, and
+the same head spec (type, head, labels, outputs, pooling, layer, decoder, lm_head), starts from that run's head, and
 other tasks get fresh heads. This is how ``mtfuse finetune`` fine-tunes each task from a multi-task run
 (MT-DNN, Liu et al. 2019), and ``mtfuse train CONFIG model.init_from=runs/x`` does the same for any config.
 
@@ -26,7 +26,7 @@ from mtfuse.model import SHARING_JSON, HeadSpec, MultiTaskModel, load_tokenizer,
 from mtfuse.model.encoder import ARCH_KEYS
 
 #: what makes two heads the same head: a head trained with other labels (or another type) is not reused
-HEAD_KEYS = ("task_type", "head", "labels", "num_outputs", "pooling", "layer", "decoder")
+HEAD_KEYS = ("task_type", "head", "labels", "num_outputs", "pooling", "layer", "decoder", "lm_head")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model")
 
 

@@ -408,18 +408,34 @@ def load_all(
             for m in members:
                 m.task(t)  # a clear error naming the member that lacks it
         names = list(dict.fromkeys(tasks))
+        unfused = [t for t in names if not members[0].task(t).type.fusable]
+        if unfused:
+            raise MtfuseError(_not_fused(members[0], unfused))
     else:
-        names = common_tasks(members)
-        if not names:
+        shared = common_tasks(members)
+        if not shared:
             raise MtfuseError(
                 "the members share no task: "
                 + "; ".join(f"{m.path} has [{', '.join(m.tasks)}]" for m in members)
             )
+        names = [t for t in shared if members[0].task(t).type.fusable]  # masked LM: left out
+        if not names:
+            raise MtfuseError(_not_fused(members[0], shared))
     from mtfuse.fusion.ensemble.texts import align_texts  # text outputs (generation): selected, not averaged
 
     return members, {
         t: (align_texts if members[0].task(t).type.fused_as_text else align)(members, t) for t in names
     }
+
+
+def _not_fused(member: Member, tasks: list[str]) -> str:
+    """Why the tasks cannot be fused (their type's ``fusable`` is False), naming each task and its type."""
+    named = ", ".join(f"'{t}' (type {member.task(t).type.name})" for t in tasks)
+    return (
+        f"task {named} cannot be ensembled or stacked: its outputs are not fused (a masked_lm task's fill "
+        "masked tokens, they predict no labels); leave it out (--tasks), or merge the runs instead (mtfuse "
+        "merge keeps every head)"
+    )
 
 
 def metrics_record(per_task: dict[str, dict[str, float]]) -> dict[str, Any]:

@@ -190,7 +190,8 @@ def ensemble_command(
             multi-task runs.
         output: the directory to write (refused if it exists, unless ``overwrite`` and it holds an ensemble
             or a stack: ``mtfuse.rundir.check_output``).
-        tasks: task names (``a,b`` strings are split); default: every task all members share.
+        tasks: task names (``a,b`` strings are split); default: every task all members share whose outputs
+            can be fused (``TaskType.fusable``: masked_lm tasks are left out).
         method: one of ``METHODS`` (``mean``, ``soft_vote``, ``vote``, ``weighted_nll``, ``weighted_metric``,
             ``caruana``, ``stack``).
         folds: k of the k-fold cross-validation that tunes and scores tuned methods.

@@ -4,6 +4,7 @@ from mtfuse.tasks.types.base import IGNORE_INDEX, TASK_TYPES, TaskType, register
 from mtfuse.tasks.types.classification import Classification, PairClassification
 from mtfuse.tasks.types.generation import Generation
 from mtfuse.tasks.types.intent_slots import IntentSlots
+from mtfuse.tasks.types.masked_lm import MaskedLM
 from mtfuse.tasks.types.multilabel import MultiLabel
 from mtfuse.tasks.types.multiple_choice import MultipleChoice
 from mtfuse.tasks.types.regression import Regression
@@ -17,6 +18,7 @@ __all__ = [
     "Classification",
     "Generation",
     "IntentSlots",
+    "MaskedLM",
     "MultiLabel",
     "MultipleChoice",
     "PairClassification",

@@ -38,6 +38,8 @@ class TaskType:
     default_metrics: tuple[str, ...] = ()
     metrics_allowed: tuple[str, ...] = ()  # the metrics whose inputs this type's predictions fit
     has_vocab = True
+    #: examples carry a label field; False (masked_lm): the text is all there is, ``label_field`` is not read
+    labelled = True
 
     # -- inputs ----------------------------------------------------------------------------------------
     def example_texts(self, values: list[Any], where: str, fields: list[str]) -> list[tuple[str, ...]] | None:
@@ -113,9 +115,13 @@ class TaskType:
         type-owned arrays go in ``Encoded.extra``."""
         return None
 
-    def collate(self, enc: Any, idx: list[int], pad_id: int) -> dict[str, torch.Tensor] | None:
+    def collate(
+        self, enc: Any, idx: list[int], pad_id: int, draw: tuple[int, ...] | None = None
+    ) -> dict[str, torch.Tensor] | None:
         """A batch of the encoded sequences ``idx`` (``mtfuse.tasks.features.collate``). Keys beyond the
-        encoder's inputs reach heads that declare ``takes_batch``."""
+        encoder's inputs reach heads that declare ``takes_batch``. ``draw``: for a training batch, the train
+        stream's (seed, epoch), from which a type with random batches (masked LM's masks) draws them, so that
+        a resumed run draws what an uninterrupted one does; None: the fixed batch (evaluation)."""
         return None
 
     def predict_split(
@@ -185,6 +191,9 @@ class TaskType:
     #: outputs are texts (generation): ensembles select among the members' texts
     #: (``mtfuse.fusion.ensemble.texts``) instead of fusing ``[units, C]`` rows; no stacking
     fused_as_text = False
+    #: members' outputs can be fused at all; False (masked_lm: predictions of masked tokens, not of a task's
+    #: labels): ensembles and stacks leave the task out, and refuse it when asked for it by name
+    fusable = True
 
     def outputs(self, record: dict[str, Any], labels: list[str] | None, where: str) -> np.ndarray:
         """A prediction record's outputs as ``[units, C]`` rows (the inverse of :meth:`record`)."""

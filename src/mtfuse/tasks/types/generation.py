@@ -205,7 +205,9 @@ class Generation(TaskType):
         enc.labels = enc.extra["targets"]
         return enc, refs
 
-    def collate(self, enc: Any, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    def collate(
+        self, enc: Any, idx: list[int], pad_id: int, draw: tuple[int, ...] | None = None
+    ) -> dict[str, torch.Tensor]:
         batch = pad_inputs(enc.input_ids, enc.token_type_ids, idx, pad_id)
         targets = enc.extra.get("targets")
         if targets is not None:

@@ -192,7 +192,9 @@ class SpanQA(TaskType):
             return enc, None
         return enc, [{"answers": a, "context": c} for a, c in zip(answers, contexts, strict=True)]
 
-    def collate(self, enc: Any, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    def collate(
+        self, enc: Any, idx: list[int], pad_id: int, draw: tuple[int, ...] | None = None
+    ) -> dict[str, torch.Tensor]:
         batch = pad_inputs(enc.input_ids, enc.token_type_ids, idx, pad_id)
         if enc.labels is not None:
             batch["labels"] = torch.from_numpy(np.stack([enc.labels[i] for i in idx]))
