@@ -89,6 +89,15 @@ def finished(d: Path) -> bool:
     return any((d / f).is_file() for f in ("results.json", "ensemble.json", "merge.json"))
 
 
+def same_members(ensemble: Path, members: list[Path]) -> bool:
+    """An ensemble directory already made from exactly these members (else it is made again)."""
+    f = ensemble / "ensemble.json"
+    if not f.is_file():
+        return False
+    got = [Path(m["path"]).resolve() for m in json.loads(f.read_text())["members"]]
+    return got == [m.resolve() for m in members]
+
+
 def task_score(metrics: dict[str, float]) -> float:
     """A task's score: the mean of its metrics (GLUE style: MRPC mean(F1, acc), STS-B mean(Pearson, Spearman))."""
     return statistics.fmean(metrics.values())
@@ -185,20 +194,14 @@ def has_finetune() -> bool:
 
 
 def run(args: argparse.Namespace) -> None:
+    """Every arm for one seed. Order: what the comparison needs most first (single-task, the equal-weighting
+    multi-task model, merges, MT-DNN), then the other weightings; ensembles and the comparison last."""
     seed, work = args.seed, WORK / f"s{args.seed}"
+    arms = args.mtl_arms.split(",") if args.mtl_arms else list(MTL_ARMS)
     t_start = time.perf_counter()
     st = {t: train(work / f"st-{t}", seed, f"only_tasks=[{t}]") for t in TASKS}
-    total_sampled = None
-    mtl: dict[str, Path] = {}
-    for name, overrides in MTL_ARMS.items():
-        extra = list(overrides)
-        if "train.step_mode=joint" in overrides:  # as many examples per task as the sampled runs
-            total_sampled = (
-                total_sampled or json.loads((work / "mtl-equal" / "results.json").read_text())["total_steps"]
-            )
-            extra.append(f"train.max_steps={math.ceil(total_sampled / len(TASKS))}")
-        mtl[name] = train(work / name, seed, *extra)
-    systems: list[Path] = [*st.values(), *mtl.values()]
+    mtl = {"mtl-equal": train(work / "mtl-equal", seed)}
+    systems: list[Path] = [*st.values(), mtl["mtl-equal"]]
     for name, margs in MERGES.items():
         out = work / name
         if not finished(out):
@@ -225,11 +228,20 @@ def run(args: argparse.Namespace) -> None:
         systems += [*finetuned.values(), out / "merged"]
     else:
         print("this mtfuse has no `finetune` command: the MT-DNN arm is skipped", flush=True)
+    sampled_steps = json.loads((work / "mtl-equal" / "results.json").read_text())["total_steps"]
+    for name in arms:
+        if name == "mtl-equal":
+            continue
+        extra = list(MTL_ARMS[name])
+        if "train.step_mode=joint" in extra:  # a batch of every task a step: as many examples per task
+            extra.append(f"train.max_steps={math.ceil(sampled_steps / len(TASKS))}")
+        mtl[name] = train(work / name, seed, *extra)
+        systems.append(mtl[name])
     for t in TASKS:
         members = [st[t], *mtl.values(), *([finetuned[t]] if t in finetuned else [])]
         for kind, cmd in (("ens", ["ensemble", "--method", "caruana"]), ("stack", ["stack"])):
             out = work / f"{kind}-{t}"
-            if not finished(out):
+            if not same_members(out, members):
                 cli(
                     *cmd,
                     *members,
@@ -473,6 +485,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("search", help="choose the recipe on train-holdout")
     r = sub.add_parser("run", help="every arm for one seed")
     r.add_argument("--seed", type=int, required=True)
+    r.add_argument(
+        "--mtl-arms", default=None, help=f"comma list of multi-task arms (default: {','.join(MTL_ARMS)})"
+    )
     sub.add_parser("table", help="mean ± sd over seeds, markdown + JSON")
     args = p.parse_args(argv)
     {"search": search, "run": run, "table": table}[args.step](args)
