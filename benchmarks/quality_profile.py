@@ -22,6 +22,8 @@ Three steps, each resumable (a run that already has its output is kept):
                              stack (both tuned and scored out-of-fold on dev, as `mtfuse ensemble` does);
              then `mtfuse compare` of everything -> results/quality_profile-s<SEED>.json, and `mtfuse report`
              -> runs/quality/s<SEED>/report/report.html.
+    merges   every merge method at its defaults on one seed's single-task runs (issue 13's table) ->
+             results/quality_profile-merges-s<SEED>.json and .md.
     table    means and standard deviations over the seeds that have results -> results/quality_profile.json and
              .md, with the majority-class baselines and the goals of issue 16.
 
@@ -302,6 +304,90 @@ def systems_of(cmp: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ merges
+
+# every merge method that takes any number of models (slerp and nuslerp take two), at its defaults
+ALL_MERGES = (
+    "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties", "della",
+    "della_linear", "model_stock", "karcher", "sce", "multislerp", "tsv_m", "iso_c", "iso_cts", "wudi", "fisher",
+    "regmean",
+)  # fmt: skip
+
+
+def merges(args: argparse.Namespace) -> None:
+    """Every merge method, at its defaults, on one seed's single-task runs: dev scores normalised to them."""
+    work = WORK / f"s{args.seed}"
+    st = {t: work / f"st-{t}" for t in TASKS}
+    missing = [str(r) for r in st.values() if not finished(r)]
+    if missing:
+        sys.exit(
+            f"single-task runs missing: {missing}; run `quality_profile.py run --seed {args.seed}` first"
+        )
+    ref = {t: task_score(json.loads((r / "metrics.json").read_text())["tasks"][t]) for t, r in st.items()}
+    rows = {}
+    for m in args.methods.split(",") if args.methods else ALL_MERGES:
+        out = work / "merges" / m
+        t0 = time.perf_counter()
+        if not (out / "metrics.json").is_file():
+            argv = [str(MTFUSE), "merge", *map(str, st.values()), "--method", m, "--seed", str(args.seed)]
+            log = work / "merges" / f"{m}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("w") as f:
+                rc = subprocess.run(
+                    [*argv, "--output", str(out), "--overwrite"], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT
+                ).returncode
+            if rc:
+                rows[m] = {"error": log.read_text().strip().splitlines()[-1][:300]}
+                print(f"{m}: failed ({rows[m]['error']})", flush=True)
+                continue
+        got = json.loads((out / "metrics.json").read_text())["tasks"]
+        scores = {t: task_score(got[t]) for t in TASKS}
+        norm = {t: 100 * scores[t] / ref[t] for t in TASKS}
+        rows[m] = {
+            "tasks": scores,
+            "normalised": norm,
+            "normalised_average": statistics.fmean(norm.values()),
+            "average": statistics.fmean(scores.values()),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        print(
+            f"{m}: average {rows[m]['average']:.1f}, normalised {rows[m]['normalised_average']:.1f}",
+            flush=True,
+        )
+    out = {
+        "benchmark": "quality_profile merges",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": f"benchmarks/quality_profile.py merges --seed {args.seed}",
+        "seed": args.seed,
+        "machine": machine(),
+        "note": "the seed's four single-task runs merged by each method at its default parameters (no search), "
+        "base = the pretrained MiniLM; dev scores; normalised = 100 x score / the single-task run's score",
+        "single_task": ref,
+        "methods": rows,
+    }
+    write_json(RESULTS / f"quality_profile-merges-s{args.seed}.json", out)
+    ok = sorted((r["normalised_average"], m) for m, r in rows.items() if "error" not in r)[::-1]
+    lines = [
+        f"Merge methods on the quality profile's single-task runs (seed {args.seed}), defaults, dev scores:",
+        "",
+        "| method | " + " | ".join(TASKS) + " | average | normalised |",
+        "|---|" + "---:|" * (len(TASKS) + 2),
+        "| single-task | "
+        + " | ".join(f"{ref[t]:.1f}" for t in TASKS)
+        + f" | {statistics.fmean(ref.values()):.1f} | 100.0 |",
+    ]
+    for norm, m in ok:
+        r = rows[m]
+        lines.append(
+            f"| {m} | "
+            + " | ".join(f"{r['tasks'][t]:.1f}" for t in TASKS)
+            + f" | {r['average']:.1f} | {norm:.1f} |"
+        )
+    lines += [f"| {m} | failed: {r['error']} |" for m, r in rows.items() if "error" in r]
+    (RESULTS / f"quality_profile-merges-s{args.seed}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 # ------------------------------------------------------------------------------------------------- table
 
 
@@ -488,9 +574,12 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument(
         "--mtl-arms", default=None, help=f"comma list of multi-task arms (default: {','.join(MTL_ARMS)})"
     )
+    m = sub.add_parser("merges", help="every merge method on one seed's single-task runs")
+    m.add_argument("--seed", type=int, required=True)
+    m.add_argument("--methods", default=None, help="comma list (default: every method that takes n models)")
     sub.add_parser("table", help="mean ± sd over seeds, markdown + JSON")
     args = p.parse_args(argv)
-    {"search": search, "run": run, "table": table}[args.step](args)
+    {"search": search, "run": run, "merges": merges, "table": table}[args.step](args)
 
 
 if __name__ == "__main__":
