@@ -222,9 +222,12 @@ def run(args: argparse.Namespace) -> None:
             )
         systems.append(out)
     finetuned: dict[str, Path] = {}
-    if has_finetune():
+    mtdnn_done = (work / "mtdnn" / "merged").is_dir() and all(finished(work / "mtdnn" / t) for t in TASKS)
+    if args.no_mtdnn or (args.existing and not mtdnn_done):
+        print("the MT-DNN arm is left out (--no-mtdnn, or --existing and not finished)", flush=True)
+    elif has_finetune():
         out = work / "mtdnn"
-        if not (out / "merged").is_dir() or not all(finished(out / t) for t in TASKS):
+        if not mtdnn_done:
             cli("finetune", work / "mtl-equal", "--output", out, *common(seed), log=work / "mtdnn.log")
         finetuned = {t: out / t for t in TASKS}
         systems += [*finetuned.values(), out / "merged"]
@@ -233,6 +236,9 @@ def run(args: argparse.Namespace) -> None:
     sampled_steps = json.loads((work / "mtl-equal" / "results.json").read_text())["total_steps"]
     for name in arms:
         if name == "mtl-equal":
+            continue
+        if args.existing and not finished(work / name):
+            print(f"{name} is left out (--existing and not finished)", flush=True)
             continue
         extra = list(MTL_ARMS[name])
         if "train.step_mode=joint" in extra:  # a batch of every task a step: as many examples per task
