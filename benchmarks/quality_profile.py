@@ -577,6 +577,10 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("search", help="choose the recipe on train-holdout")
     r = sub.add_parser("run", help="every arm for one seed")
     r.add_argument("--seed", type=int, required=True)
+    r.add_argument("--no-mtdnn", action="store_true", help="leave out the MT-DNN arm")
+    r.add_argument(
+        "--existing", action="store_true", help="train only what the comparison must have: fuse the rest"
+    )
     r.add_argument(
         "--mtl-arms", default=None, help=f"comma list of multi-task arms (default: {','.join(MTL_ARMS)})"
     )
