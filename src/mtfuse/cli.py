@@ -356,8 +356,10 @@ def data_check(
     from mtfuse.tasks.types import TASK_TYPES
 
     cfg = config_mod.load(config, overrides or [])  # the plan step's checks run here
-    check_encoder(cfg, load_encoder_config(cfg.model.name_or_path))  # e.g. max_length past the positions
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    check_encoder(
+        cfg, load_encoder_config(cfg.model.name_or_path, cfg.model.lstm)
+    )  # e.g. max_length past the positions
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.lstm)
     report: dict[str, Any] = {}
     labels: dict[str, list[str] | None] = {}
     unseen: dict[str, dict[str, list[str]]] = {}

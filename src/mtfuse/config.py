@@ -256,8 +256,32 @@ class SharingConfig(BaseModel):
     method: str = "hard"
 
 
+class LstmConfig(Strict):
+    """The from-scratch encoder of ``model.name_or_path: lstm``: embeddings + (Bi)LSTM (``mtfuse.model.lstm``)."""
+
+    embedding_dim: PositiveInt = 128
+    hidden_size: PositiveInt = 256  # per direction: heads read 2 x hidden_size when bidirectional
+    layers: PositiveInt = 1
+    bidirectional: bool = True
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)  # on the embeddings and between layers
+    # the word pieces: 'default' = the packaged MiniLM's tokenizer, or a model directory or hub name
+    tokenizer: str = "default"
+    # seed of the initial weights; default: train.seed. Runs merge only when they start from one init
+    init_seed: int | None = None
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_ok(cls, v: str) -> str:
+        if not v.strip() or v == "lstm":
+            raise ValueError(
+                "name a tokenizer: 'default' (MiniLM's word pieces), a model directory or a hub name"
+            )
+        return v
+
+
 class ModelConfig(Strict):
-    name_or_path: str = "default"  # 'default' = the packaged all-MiniLM-L6-v2 encoder
+    # 'default' = the packaged all-MiniLM-L6-v2 encoder; 'lstm' = embeddings + (Bi)LSTM from scratch (model.lstm)
+    name_or_path: str = "default"
     # 'pooler' = the encoder's own pooler, as in HF; default: what the checkpoint was trained with
     # (sentence-transformers configs name their pooling), else 'pooler'
     pooling: Literal["pooler", "cls", "mean"] | None = None
@@ -266,6 +290,16 @@ class ModelConfig(Strict):
     # a run directory to start from: its encoder, and the heads of tasks with the same name and head spec
     # (``mtfuse.training.init_from``); name_or_path still gives the tokenizer and must match its vocabulary
     init_from: str | None = None
+    lstm: LstmConfig | None = None  # name_or_path 'lstm' only; default: LstmConfig()
+
+    @model_validator(mode="after")
+    def _lstm_only_for_lstm(self) -> ModelConfig:
+        if self.lstm is not None and self.name_or_path != "lstm":
+            raise ValueError(
+                f"model.lstm configures the from-scratch encoder of model.name_or_path: lstm, but "
+                f"name_or_path is '{self.name_or_path}'; set name_or_path: lstm or remove model.lstm"
+            )
+        return self
 
 
 class TrainConfig(Strict):

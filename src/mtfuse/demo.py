@@ -40,7 +40,7 @@ def run_demo(output: Path, overrides: list[str], console: Console) -> dict[str, 
     final = train(cfg, output, overwrite=True)  # only ever over this command's own output (checked above)
     if not final:
         return {}
-    tasks = prepare_tasks(cfg, load_tokenizer(cfg.model.name_or_path), ["train", "dev"])
+    tasks = prepare_tasks(cfg, load_tokenizer(cfg.model.name_or_path, cfg.model.lstm), ["train", "dev"])
     base = {n: majority_scores(t) for n, t in tasks.items()}
     console.print(
         metrics_table("demo: dev metrics vs majority-class baseline", final["tasks"], base, final["average"])

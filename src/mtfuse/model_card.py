@@ -136,6 +136,8 @@ def _summary(results: dict[str, Any], tasks: list[str], facts: dict[str, Any], m
     shared = (
         "one encoder shared by all tasks, a head per task" if len(tasks) > 1 else "one encoder and its head"
     )
+    if facts["base"] == "lstm":  # model.name_or_path: lstm, no pretrained base
+        return f"An embedding + LSTM encoder trained from scratch with mtfuse on {names}: {shared}."
     return f"{base} fine-tuned with mtfuse on {names}: {shared}."
 
 
@@ -251,8 +253,11 @@ def _made_section(
         if results.get("init_from")
         else ""
     )
+    origin = (
+        "trained from scratch (`lstm`)" if facts["base"] == "lstm" else f"fine-tuned from `{facts['base']}`"
+    )
     return [
-        f"- kind: {kind}, fine-tuned from `{facts['base']}`{start}",
+        f"- kind: {kind}, {origin}{start}",
         f"- sharing {method(sharing)}, sampling {method(sampling)}, weighting {method(weighting)}, "
         f"step mode `{tr.get('step_mode')}`",
         f"- {steps}; batch size {tr.get('batch_size')}, lr {tr.get('lr')}, optimizer `{tr.get('optimizer')}`, "

@@ -13,9 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mtfuse.config import RunConfig, SamplingConfig, SharingConfig, WeightingConfig
+from mtfuse.config import LstmConfig, RunConfig, SamplingConfig, SharingConfig, WeightingConfig
 from mtfuse.errors import ConfigError, DataError
 from mtfuse.metrics import METRICS
+from mtfuse.model.encoder import LSTM
+from mtfuse.model.lstm import NO_ADAPTERS
 from mtfuse.model.sharing import SHARING
 from mtfuse.params import params_check
 from mtfuse.sampling import SAMPLERS
@@ -112,6 +114,8 @@ def make_plan(cfg: RunConfig) -> Plan:
     if tr.warmup_steps is not None and tr.max_steps is not None and tr.warmup_steps > tr.max_steps:
         raise ConfigError(f"train.warmup_steps={tr.warmup_steps} is more than train.max_steps={tr.max_steps}")
 
+    _check_lstm(cfg)
+
     step = STEP_SAMPLED
     if tr.step_mode == "joint":
         step = STEP_JOINT_GRADIENT if weighting_cls.is_gradient_method else STEP_JOINT_LOSS
@@ -125,9 +129,19 @@ def make_plan(cfg: RunConfig) -> Plan:
     )
     if model.pooling is None:
         model.pooling = _default_pooling(model.name_or_path)
+    if model.name_or_path == LSTM:  # every architecture field written out, the init seed resolved
+        lstm = model.lstm or LstmConfig()
+        seed = tr.seed if lstm.init_seed is None else lstm.init_seed
+        model.lstm = lstm.model_copy(update={"init_seed": seed})
     update["model"] = model
     resolved = cfg.model_copy(update=update)
     return Plan(resolved, types, sampler_cls, sampler_params, weighting_cls, weighting_params, step)
+
+
+def _check_lstm(cfg: RunConfig) -> None:
+    """What the from-scratch LSTM encoder cannot do, refused before anything is loaded."""
+    if cfg.model.name_or_path == LSTM and cfg.model.sharing.method == "adapters":
+        raise ConfigError(NO_ADAPTERS)
 
 
 def _default_pooling(name_or_path: str) -> str:

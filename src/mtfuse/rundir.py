@@ -37,6 +37,7 @@ CHECKPOINTS = "checkpoints"  # resumable training state
 LOG = "log.jsonl"
 TENSORBOARD = "tb"
 BEST_MODEL = "best_model"
+INIT = "init"  # a from-scratch encoder's initial weights (save_pretrained form): the common base of merges
 MERGE = "merge.json"  # the merge request and its record (replay: mtfuse merge --from DIR/merge.json)
 SEARCH = "search.json"
 ENSEMBLE = "ensemble.json"  # an ensemble's or stack's members, method and fitted parameters
@@ -60,6 +61,7 @@ TRAIN_FILES = (
     LOG,
     TENSORBOARD,
     BEST_MODEL,
+    INIT,
 )
 
 #: The command families: an output of one may be replaced (--overwrite) only by the same family.

@@ -30,6 +30,8 @@ from mtfuse.config import RunConfig, dump
 from mtfuse.errors import MtfuseError
 from mtfuse.model import MultiTaskModel, load_encoder, load_tokenizer
 from mtfuse.model.encoder import load_encoder_config
+from mtfuse.model.initial import save_initial
+from mtfuse.model.lstm import is_lstm_config
 from mtfuse.plan import check_data, check_encoder, make_plan
 from mtfuse.tasks.features import collate
 from mtfuse.tasks.prepare import prepare_tasks
@@ -82,10 +84,11 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
     set_seed(tr.seed)
     source = read_init_source(cfg.model.init_from) if cfg.model.init_from else None
     if source is None:
-        encoder, tokenizer = load_encoder(cfg.model.name_or_path)
+        encoder, tokenizer = load_encoder(cfg.model.name_or_path, cfg.model.lstm)
     else:  # another run's encoder (model.init_from); name_or_path still gives the tokenizer
-        tokenizer = load_tokenizer(cfg.model.name_or_path)
-        encoder = load_init_encoder(source, load_encoder_config(cfg.model.name_or_path), tokenizer)
+        tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.lstm)
+        pretrained = load_encoder_config(cfg.model.name_or_path, cfg.model.lstm)
+        encoder = load_init_encoder(source, pretrained, tokenizer)
     check_encoder(cfg, encoder.config)
     tasks = prepare_tasks(cfg, tokenizer, ["train", "dev"])
     check_data(plan, {n: t.labels for n, t in tasks.items()})
@@ -131,6 +134,8 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
             rundir.stash_previous(out)  # data and model are good: only now move the old run aside
         rundir.mark(out, "train")
         (out / rundir.CONFIG).write_text(dump(cfg), encoding="utf-8")  # resolved: defaults written out
+        if is_lstm_config(encoder.config):  # from scratch: the initial weights are what its merges share
+            save_initial(encoder, out, source.run_dir if source is not None else None)
     acc.wait_for_everyone()
     state = run.loop
     log = RunLog(

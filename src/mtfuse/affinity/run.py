@@ -57,7 +57,7 @@ def measure(
     if steps < 1 or every < 1:
         raise ConfigError("affinity: --steps and --every must be at least 1")
     set_seed(tr.seed)
-    encoder, tokenizer = load_encoder(cfg.model.name_or_path)
+    encoder, tokenizer = load_encoder(cfg.model.name_or_path, cfg.model.lstm)
     check_encoder(cfg, encoder.config)
     tasks = prepare_tasks(cfg, tokenizer, ["train"])
     set_seed(tr.seed)

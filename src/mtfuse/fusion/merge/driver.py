@@ -38,6 +38,9 @@ from mtfuse.fusion.merge.method import MergeMethod, tensor_generator
 from mtfuse.fusion.merge.request import MergeRequest
 from mtfuse.fusion.merge.statistics import Stats, StatsContext, compute_stats
 from mtfuse.invocation import command_line
+from mtfuse.model.encoder import LSTM
+from mtfuse.model.initial import init_dir
+from mtfuse.model.lstm import is_lstm_config
 from mtfuse.model_card import write_card
 
 
@@ -135,6 +138,8 @@ def _relative(plan: MergePlan, sq_diff: list[float], sq_base: float) -> dict[str
 
 
 def check_distances(plan: MergePlan, distances: dict[str, float], max_distance: float) -> None:
+    if plan.shared_init:  # the inputs provably started from the base: trained from scratch, far from it
+        return
     for run, rel in distances.items():
         if rel > max_distance:
             raise MtfuseError(
@@ -240,6 +245,8 @@ def merge_runs(
 
     def fill(tmp: Path) -> None:
         _write_merged(tmp, inputs, merged, record, head_from)
+        if is_lstm_config(inputs[0].config):  # from scratch: the merged run keeps the init its inputs share
+            shutil.copytree(init_dir(inputs[0].run_dir), tmp / rundir.INIT)
         if also is not None:
             also(tmp)
         record["merge_seconds"] = round(time.perf_counter() - t0, 3)
@@ -301,7 +308,8 @@ def _write_merged(
                     break
         tasks = [task_cfgs[s["task"]] for s in specs if s["task"] in task_cfgs]
         cfg = configs[0].model_copy(update={"tasks": tasks})
-        cfg.model.name_or_path = record["base"] or cfg.model.name_or_path
+        if cfg.model.name_or_path != LSTM:  # a from-scratch run's base (its init) is in merge.json
+            cfg.model.name_or_path = record["base"] or cfg.model.name_or_path
         (tmp / rundir.CONFIG).write_text(dump(cfg), encoding="utf-8")
     n_params = sum(t.numel() for t in merged.values() if t.is_floating_point())
     n_heads = sum(t.numel() for t in heads.values())

@@ -1,6 +1,8 @@
 """The runs a merge reads, checked before any tensor is: same architecture and tensor names, the same
 tokenizer vocabulary, no task twice (unless the method soups runs of one task), hard-shared runs only, and a
-base model to find every tensor in."""
+base model to find every tensor in. From-scratch encoders (``model.name_or_path: lstm``) have no pretrained
+base: they must share their initial weights (``RUN_DIR/init/``, ``mtfuse.model.initial``), which are then the
+base unless ``--base`` names another."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from mtfuse import rundir
 from mtfuse.config import RunConfig
 from mtfuse.errors import MtfuseError
 from mtfuse.fusion.merge.method import MergeMethod
-from mtfuse.model.encoder import ARCH_KEYS, resolve_model_path
+from mtfuse.model.encoder import ARCH_KEYS, LSTM, resolve_model_path
+from mtfuse.model.initial import init_dir, init_fingerprint
+from mtfuse.model.lstm import is_lstm_config
 from mtfuse.model.multitask import read_head_specs
 from mtfuse.model.sharing import SHARING_JSON
 
@@ -122,10 +126,8 @@ def _raw_tokenizer_hash(model_dir: Path) -> str | None:
     return None
 
 
-def check_inputs(inputs: list[MergeInput], base_dir: Path | None, repeated_tasks: bool = False) -> None:
-    """Refuse inputs that cannot be merged meaningfully; every message names the run and the field.
-
-    ``repeated_tasks``: runs may share tasks (soups) if their heads for it agree."""
+def check_arch(inputs: list[MergeInput]) -> None:
+    """The same encoder architecture (config keys) and tensor names in every input."""
     first = inputs[0]
     for inp in inputs[1:]:
         for k in ARCH_KEYS:
@@ -137,6 +139,28 @@ def check_inputs(inputs: list[MergeInput], base_dir: Path | None, repeated_tasks
         if set(inp.keymap) != set(first.keymap):
             diff = sorted(set(inp.keymap) ^ set(first.keymap))
             raise MtfuseError(f"{inp.run_dir}: tensor names differ from {first.run_dir} (e.g. '{diff[0]}')")
+
+
+def _common_init(inputs: list[MergeInput]) -> Path:
+    """From-scratch encoders: the ``init/`` folder every input started from (refused when they differ)."""
+    first = init_fingerprint(inputs[0].run_dir)
+    for inp in inputs[1:]:
+        if init_fingerprint(inp.run_dir) != first:
+            seeds = [inputs[0].config.get("init_seed"), inp.config.get("init_seed")]
+            raise MtfuseError(
+                f"{inp.run_dir}: its from-scratch encoder started from other random weights than "
+                f"{inputs[0].run_dir}'s (model.lstm.init_seed {seeds[1]!r} vs {seeds[0]!r}); models without a "
+                "pretrained base merge only when they share an init: train them with the same "
+                "model.lstm.init_seed (and architecture)"
+            )
+    return init_dir(inputs[0].run_dir)
+
+
+def check_inputs(inputs: list[MergeInput], base_dir: Path | None, repeated_tasks: bool = False) -> None:
+    """Refuse inputs that cannot be merged meaningfully; every message names the run and the field.
+
+    ``repeated_tasks``: runs may share tasks (soups) if their heads for it agree."""
+    check_arch(inputs)
     dirs = {inp.run_dir: inp.model_dir for inp in inputs}
     if base_dir is not None:
         dirs[base_dir] = base_dir
@@ -204,6 +228,7 @@ class MergePlan:
     base_dir: Path | None
     names: list[str]  # tensor names, sorted
     base_map: dict[str, tuple[Path, str]]  # tensor name -> (base file, key); empty without a base
+    shared_init: bool = False  # the base is the init every (from-scratch) input started from, checked
 
 
 def plan_merge(run_dirs: list[Path], m: MergeMethod, base: str | None = None) -> MergePlan:
@@ -213,6 +238,15 @@ def plan_merge(run_dirs: list[Path], m: MergeMethod, base: str | None = None) ->
     inputs = [load_input(Path(r)) for r in run_dirs]
     base_name = base or _common_base(inputs)
     base_dir = Path(resolve_model_path(base_name)) if base_name else None
+    shared_init = False
+    if is_lstm_config(inputs[0].config):
+        check_arch(inputs)  # the same architecture first: then the inits can be compared
+        shared = _common_init(inputs)
+        if base in (
+            None,
+            LSTM,
+        ):  # no pretrained base: the task vectors start from the init every input shares
+            base_dir, shared_init = shared, True
     if m.needs_base and (base_dir is None or not base_dir.is_dir()):
         raise MtfuseError(
             f"merge method '{m.name}' needs the base model as a local folder; got {base_name!r} "
@@ -223,7 +257,7 @@ def plan_merge(run_dirs: list[Path], m: MergeMethod, base: str | None = None) ->
     base_map: dict[str, tuple[Path, str]] = {}
     if base_dir is not None:
         base_map = _base_keymap(base_dir, names, _read_config(base_dir))
-    return MergePlan(inputs, base_name, base_dir, names, base_map)
+    return MergePlan(inputs, base_name, base_dir, names, base_map, shared_init)
 
 
 def _common_base(inputs: list[MergeInput]) -> str | None:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from mtfuse.errors import ConfigError, MtfuseError
+from mtfuse.model.lstm import NO_ADAPTERS, is_lstm_config
 from mtfuse.model.sharing.base import SHARING, SHARING_JSON, Sharing, check_tensors
 from mtfuse.params import Strict
 
@@ -80,6 +81,8 @@ class AdapterSharing(Sharing):
 
     def __init__(self, encoder: PreTrainedModel, tasks: list[str], params: Params) -> None:  # type: ignore[override]
         super().__init__(encoder, tasks, params)
+        if is_lstm_config(encoder.config):
+            raise ConfigError(NO_ADAPTERS)
         peft = _peft()
         # peft finds an adapter's tensors by ".<name>." in their keys: a task named like a module would clash
         parts = {part for key in encoder.state_dict() for part in key.split(".")} | _PEFT_NAMES

@@ -124,9 +124,10 @@ class Generation(TaskType):
             )
         if getattr(encoder_config, "model_type", "") != "bert":
             raise MtfuseError(
-                f"task '{task.name}': generation warm-starts a BERT decoder from the encoder, but model "
-                f"'{getattr(encoder_config, 'model_type', '?')}' is not a BERT encoder (BERT / MiniLM checkpoints "
-                "such as the packaged default work; encoder-decoder checkpoints (T5, BART) are not supported yet)"
+                f"task '{task.name}': generation warm-starts a BERT decoder from the encoder, but the encoder of "
+                f"model.name_or_path (model type '{getattr(encoder_config, 'model_type', '?')}') is not a BERT "
+                "encoder (BERT / MiniLM checkpoints such as the packaged default work; encoder-decoder "
+                "checkpoints (T5, BART) and the from-scratch lstm encoder are not supported)"
             )
         config = encoder_config.to_dict()
         for key in ("architectures", "_name_or_path", "transformers_version"):
