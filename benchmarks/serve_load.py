@@ -7,7 +7,8 @@ in this process, ``concurrency`` requests in flight at a time, each ``POST /v1/p
 words (``sent`` task), bounded by ``--requests`` per setting and ``--time-limit`` seconds per setting.
 Modes: ``batching`` (``--max-batch 32 --max-wait-ms 5``) and ``no-batching`` (``--max-batch 1``: one request
 per model call); the server runs with ``--threads 1`` (the shared cores). Memory: the server's RSS (``/proc/<pid>/status`` VmRSS) after a warm-up, and after the
-``--rss-requests`` requests of the memory phase (batching mode, concurrency 64).
+``--rss-requests`` requests of the memory phase (batching mode, concurrency 64), sampled after each tenth of
+them (``rss_trace_mb``): a leak grows with every tenth, allocator warm-up levels off.
 
 Client and server share the machine's cores (2 here, shared with other jobs), so figures are a floor.
 
@@ -185,16 +186,29 @@ def main() -> None:
                 print(mode, json.dumps(r), flush=True)
             entry: dict = {"server_flags": MODES[mode], "levels": rows}
             if mode == "batching" and args.rss_requests:
-                rss0 = rss_mb(proc.pid)
-                mem = asyncio.run(load(base, args.rss_requests, 64, 600, seed=7))
-                rss1 = rss_mb(proc.pid)
+                # in 10 chunks, RSS after each: a leak grows with every chunk, allocator warm-up levels off
+                rss0, trace, done, errors, secs = rss_mb(proc.pid), [], 0, 0, 0.0
+                statuses: dict[str, int] = {}
+                chunk = max(1, args.rss_requests // 10)
+                while done < args.rss_requests:
+                    n = min(chunk, args.rss_requests - done)
+                    mem = asyncio.run(load(base, n, 64, 600, seed=7 + done))
+                    done, errors, secs = done + mem["requests"], errors + mem["errors"], secs + mem["seconds"]
+                    for k, v in mem["statuses"].items():
+                        statuses[k] = statuses.get(k, 0) + v
+                    trace.append([done, round(rss_mb(proc.pid), 1)])
+                half = trace[len(trace) // 2 - 1][1] if len(trace) > 1 else rss0
+                rss1 = trace[-1][1]
                 entry["memory"] = {
-                    "requests": mem["requests"],
-                    "errors": mem["errors"],
-                    "throughput_rps": mem["throughput_rps"],
+                    "requests": done,
+                    "errors": errors,
+                    "statuses": statuses,
+                    "throughput_rps": round(done / secs, 1) if secs else None,
                     "rss_before_mb": round(rss0, 1),
                     "rss_after_mb": round(rss1, 1),
                     "rss_growth_mb": round(rss1 - rss0, 1),
+                    "rss_growth_second_half_mb": round(rss1 - half, 1),
+                    "rss_trace_mb": trace,  # [requests so far, RSS]
                 }
                 print(mode, "memory", json.dumps(entry["memory"]), flush=True)
             result["modes"][mode] = entry
