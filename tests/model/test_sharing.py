@@ -279,9 +279,13 @@ def test_hard_sharing_save_is_unchanged(tiny_model_dir: Path, tmp_path: Path) ->
         "model.safetensors",
     ]
     old_style = [
-        {k: v for k, v in vars(s).items() if k not in ("layer", "target_mean", "target_std", "decoder")}
+        {
+            k: v
+            for k, v in vars(s).items()
+            if k not in ("layer", "target_mean", "target_std", "decoder", "lm_head")
+        }
         for s in specs.values()
-    ]  # the HeadSpec fields before 'layer' (and the regression target scale and decoder, unset here)
+    ]  # the HeadSpec fields before 'layer' (and the regression target scale, decoder and lm_head, unset here)
     text = json.dumps({"format_version": 1, "heads": old_style}, indent=2) + "\n"
     assert (tmp_path / "m" / HEADS_JSON).read_text() == text
 

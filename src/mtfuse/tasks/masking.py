@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from mtfuse.errors import MtfuseError
-from mtfuse.tasks.types.base import IGNORE_INDEX
 
 
 def masking_collator(
@@ -75,5 +74,8 @@ def mask_sequence(
         torch.from_numpy(np.array(ids, dtype=np.int64))[None], torch.from_numpy(np.asarray(special))[None]
     )
     labels = labels[0].numpy()
-    labels[labels == -100] = IGNORE_INDEX  # what torch_mask_tokens marks unchosen positions with
+    # torch_mask_tokens marks unchosen positions with -100; imported here: tasks.types imports this module
+    from mtfuse.tasks.types.base import IGNORE_INDEX
+
+    labels[labels == -100] = IGNORE_INDEX
     return inputs[0].numpy(), labels
