@@ -39,6 +39,7 @@ import datetime as dt
 import json
 import math
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -295,18 +296,24 @@ def system_name(entry: dict[str, Any]) -> str:
 
 
 def systems_of(cmp: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One row per system; per-task entries (single-task runs, per-task ensembles) are joined. Cost: a system
+    made of several runs (the single-task runs; the ensembles, whose members overlap across tasks) costs the
+    parameters and training time of each distinct run once."""
+    cost_of = {str(Path(e["path"]).resolve()): e.get("cost") or {} for e in cmp["entries"]}
     out: dict[str, dict[str, Any]] = {}
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
     for e in cmp["entries"]:
-        s = out.setdefault(
-            system_name(e),
-            {"kind": e["kind"], "tasks": {}, "metrics": {}, "parameters": 0, "train_seconds": 0.0},
-        )
+        name = system_name(e)
+        s = out.setdefault(name, {"kind": e["kind"], "tasks": {}, "metrics": {}})
         for t, v in e["task_scores"].items():
             s["tasks"][t] = v
             s["metrics"][t] = e["metrics"][t]
-        cost = e.get("cost") or {}
-        s["parameters"] += cost.get("parameters") or 0
-        s["train_seconds"] += cost.get("train_seconds") or 0.0
+        members = [str(Path(m).resolve()) for m in e.get("members") or []]
+        for m in members or [str(Path(e["path"]).resolve())]:
+            runs.setdefault(name, {})[m] = cost_of.get(m) or (e.get("cost") or {})
+    for name, s in out.items():
+        s["parameters"] = sum(c.get("parameters") or 0 for c in runs[name].values())
+        s["train_seconds"] = sum(c.get("train_seconds") or 0.0 for c in runs[name].values())
     return out
 
 
@@ -413,7 +420,8 @@ def mean_sd(xs: list[float]) -> tuple[float, float | None]:
 
 
 def table(args: argparse.Namespace) -> None:
-    seeds = sorted(int(p.stem.rsplit("-s", 1)[1]) for p in RESULTS.glob("quality_profile-s*.json"))
+    found = (re.fullmatch(r"quality_profile-s(\d+)", p.stem) for p in RESULTS.glob("quality_profile-s*.json"))
+    seeds = sorted(int(m.group(1)) for m in found if m)
     if not seeds:
         sys.exit("no results/quality_profile-s<SEED>.json yet: run `quality_profile.py run --seed 1` first")
     per_seed = {s: json.loads((RESULTS / f"quality_profile-s{s}.json").read_text()) for s in seeds}
