@@ -296,25 +296,10 @@ def system_name(entry: dict[str, Any]) -> str:
 
 
 def systems_of(cmp: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """One row per system; per-task entries (single-task runs, per-task ensembles) are joined. Cost: a system
-    made of several runs (the single-task runs; the ensembles, whose members overlap across tasks) costs the
-    parameters and training time of each distinct run once."""
-    cost_of = {str(Path(e["path"]).resolve()): e.get("cost") or {} for e in cmp["entries"]}
-    out: dict[str, dict[str, Any]] = {}
-    runs: dict[str, dict[str, dict[str, Any]]] = {}
-    for e in cmp["entries"]:
-        name = system_name(e)
-        s = out.setdefault(name, {"kind": e["kind"], "tasks": {}, "metrics": {}})
-        for t, v in e["task_scores"].items():
-            s["tasks"][t] = v
-            s["metrics"][t] = e["metrics"][t]
-        members = [str(Path(m).resolve()) for m in e.get("members") or []]
-        for m in members or [str(Path(e["path"]).resolve())]:
-            runs.setdefault(name, {})[m] = cost_of.get(m) or (e.get("cost") or {})
-    for name, s in out.items():
-        s["parameters"] = sum(c.get("parameters") or 0 for c in runs[name].values())
-        s["train_seconds"] = sum(c.get("train_seconds") or 0.0 for c in runs[name].values())
-    return out
+    """One row per system (``system_name``); the cost of each distinct run counted once."""
+    from mtfuse.compare import join_systems
+
+    return join_systems(cmp, system_name)
 
 
 # ------------------------------------------------------------------------------------------------ merges

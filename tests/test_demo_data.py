@@ -12,12 +12,14 @@ import pytest
 
 from mtfuse import demo_data
 from mtfuse.demo_data import (
-    NEXT_HEADER,
-    NEXT_TASK,
+    HEADLINE_HEADER,
+    HEADLINE_TASK,
     TOPIC_HEADER,
     TOPIC_TASK,
     build_demo_data,
     load_articles,
+    passage,
+    related_groups,
     split_articles,
     split_sentences,
     topic_text,
@@ -71,9 +73,9 @@ def test_counts_in_expected_ranges_and_match_files(built: tuple[Path, dict[str, 
     out, counts = built
     assert 1600 <= counts[TOPIC_TASK]["train"] <= 1800
     assert 400 <= counts[TOPIC_TASK]["dev"] <= 450
-    assert 3000 <= counts[NEXT_TASK]["train"] <= 4000
-    assert 800 <= counts[NEXT_TASK]["dev"] <= 900
-    for task, header in ((TOPIC_TASK, TOPIC_HEADER), (NEXT_TASK, NEXT_HEADER)):
+    assert 2900 <= counts[HEADLINE_TASK]["train"] <= 3354  # two rows per article that has a passage
+    assert 700 <= counts[HEADLINE_TASK]["dev"] <= 838
+    for task, header in ((TOPIC_TASK, TOPIC_HEADER), (HEADLINE_TASK, HEADLINE_HEADER)):
         for split in ("train", "dev"):
             got_header, rows = read_tsv(out / task / f"{split}.tsv", len(header))
             assert tuple(got_header) == header
@@ -87,8 +89,8 @@ def test_label_sets_and_balance(built: tuple[Path, dict[str, dict[str, int]]]) -
     for split in ("train", "dev"):
         _, topic_rows = read_tsv(out / TOPIC_TASK / f"{split}.tsv", 2)
         assert {r[1] for r in topic_rows} == TOPICS
-        _, next_rows = read_tsv(out / NEXT_TASK / f"{split}.tsv", 3)
-        labels = Counter(r[2] for r in next_rows)
+        _, headline_rows = read_tsv(out / HEADLINE_TASK / f"{split}.tsv", 3)
+        labels = Counter(r[2] for r in headline_rows)
         assert set(labels) == {"0", "1"} and labels["0"] == labels["1"]
 
 
@@ -135,39 +137,39 @@ def test_topic_rows_come_from_their_split(
     assert topic_text(long_article).startswith(long_article.title + " ")
 
 
-def test_next_pairs_are_consecutive_in_source_and_split_by_article(
+def test_headline_pairs_match_their_article_and_negatives_are_same_topic_strangers(
     built: tuple[Path, dict[str, dict[str, int]]], articles: list[demo_data.Article]
 ) -> None:
     out, _ = built
-    _, train_rows = read_tsv(out / NEXT_TASK / "train.tsv", 3)
-    _, dev_rows = read_tsv(out / NEXT_TASK / "dev.tsv", 3)
-    corpus = "\n".join(source_bodies())
-    rng = random.Random(0)
-    positives = [r for r in train_rows + dev_rows if r[2] == "1"]
-    negatives = [r for r in train_rows + dev_rows if r[2] == "0"]
-    for s1, s2, _ in rng.sample(positives, 150):
-        assert f"{s1} {s2}" in corpus, (s1, s2)
-    for s1, s2, _ in rng.sample(negatives, 150):
-        assert f"{s1} {s2}" not in corpus, (s1, s2)
-    for row in train_rows + dev_rows:
-        assert all(5 <= len(s.split()) <= 60 for s in row[:2])
-
-    # every sentence of a split comes from that split's articles
     train, dev = split_articles(articles, seed=0)
-    owner = {s: "train" for a in train for s in demo_data._sentences(a)}
-    owner.update({s: "dev" for a in dev for s in demo_data._sentences(a)})
-    for split, rows in (("train", train_rows), ("dev", dev_rows)):
-        assert {owner[s] for r in rows for s in r[:2]} == {split}
-
-    # negatives: about half from the same article (hard), half from another one (easy)
-    in_articles: dict[str, set[str]] = {}
-    for a in train:
-        for s in demo_data._sentences(a):
-            in_articles.setdefault(s, set()).add(a.article_id)
-    train_negatives = [r for r in train_rows if r[2] == "0"]
-    hard = sum(bool(in_articles[s1] & in_articles[s2]) for s1, s2, _ in train_negatives)
-    # an easy negative may come from a related article (one sharing other sentences): allow slack
-    assert abs(hard - len(train_negatives) / 2) <= 25
+    group = {a.article_id: g for g, members in enumerate(related_groups(articles)) for a in members}
+    for split, arts in (("train", train), ("dev", dev)):
+        _, rows = read_tsv(out / HEADLINE_TASK / f"{split}.tsv", 3)
+        by_title = {a.title: a for a in arts}
+        by_passage: dict[str, list[demo_data.Article]] = {}
+        for a in arts:
+            by_passage.setdefault(passage(a), []).append(a)
+        labels: dict[str, list[str]] = {}
+        for headline, text, label in rows:
+            a = by_title[headline]  # every headline is a title of this split's articles
+            assert text in by_passage, text  # every passage comes from this split's articles
+            labels.setdefault(headline, []).append(label)
+            if label == "1":
+                assert text == passage(a)
+            else:
+                # from an article of the same topic (the topic gives nothing away), never a follow-up story
+                donors = by_passage[text]  # (a passage can repeat in related articles)
+                assert any(d.topic == a.topic and group[d.article_id] != group[a.article_id] for d in donors)
+                assert text != passage(a)
+        assert all(sorted(v) == ["0", "1"] for v in labels.values())  # the headline alone tells nothing
+        assert len(labels) >= 0.9 * len(arts)
+        # the passage is not the opening (which restates the headline) and is a real piece of text
+        a = next(a for a in arts if passage(a))
+        assert not topic_text(a).startswith(a.title + " " + passage(a)[:20])
+        assert all(12 <= len(r[1].split()) and len(r[1]) <= 300 for r in rows)
+    corpus = "\n".join(source_bodies())
+    for _, text, _ in random.Random(0).sample(rows, 100):
+        assert text in corpus, text  # verbatim body text (whitespace collapsed)
 
 
 def test_same_seed_gives_identical_bytes(
@@ -189,8 +191,8 @@ def test_max_train_articles_trims_train_only(
     _, full = built
     counts = build_demo_data(tmp_path, seed=0, max_train_articles=40)
     assert counts[TOPIC_TASK] == {"train": 40, "dev": full[TOPIC_TASK]["dev"]}
-    assert counts[NEXT_TASK]["train"] == 80
-    assert counts[NEXT_TASK]["dev"] == full[NEXT_TASK]["dev"]
+    assert counts[HEADLINE_TASK]["train"] <= 80
+    assert counts[HEADLINE_TASK]["dev"] == full[HEADLINE_TASK]["dev"]
     with pytest.raises(DataError):
         build_demo_data(tmp_path, max_train_articles=0)
 

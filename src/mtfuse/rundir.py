@@ -67,7 +67,7 @@ TRAIN_FILES = (
 #: The command families: an output of one may be replaced (--overwrite) only by the same family.
 FAMILY = {
     "train": "train",
-    "demo": "train",
+    "demo": "demo",  # a folder of runs (multi-task, single-task, merged, ensembled) and their comparison
     "merge": "merge",
     "ensemble": "ensemble",
     "stack": "ensemble",
