@@ -207,6 +207,7 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
                 weighting.after_step(lambda b=batches: task_losses(ctx, ctx.core, b))
             state.step += 1
             if state.step % sched.steps_per_epoch == 0:  # DWA and friends look at whole-epoch average losses
+                run.flush_losses()
                 weighting.end_epoch({n: s / max(c, 1) for n, (s, c) in state.epoch_losses.items()})
                 state.epoch_losses = {}
             state.train_seconds += time.perf_counter() - t0
@@ -214,6 +215,7 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
             fault_point(f"step:{state.step}")
             if state.step % tr.log_every == 0 or state.step == sched.total:
                 rec = {"step": state.step, "lr": scheduler.get_last_lr()[0]}
+                run.flush_losses()
                 rec.update({f"loss/{n}": float(np.mean(v)) for n, v in run.running.items() if v})
                 run.running = {n: [] for n in tasks}
                 log.train_record(rec)

@@ -53,17 +53,30 @@ class Resumable:
     acc: Accelerator
     loop: LoopState = field(default_factory=LoopState)
     running: dict[str, list[float]] = field(default_factory=dict)  # task losses since the last log record
+    # losses not yet read back to the host: reading one (.item()) every step waits for the device each step,
+    # so they are kept as device tensors and read in one go when a log record, an epoch end or a checkpoint
+    # needs them (flush_losses)
+    pending: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
     def add_losses(self, losses: dict[str, torch.Tensor]) -> None:
         """Keep a micro-batch's task losses for the next log record and the epoch averages."""
         for n, v in losses.items():
-            value = v.item()
-            self.running[n].append(value)
+            self.pending.setdefault(n, []).append(v.detach())
+
+    def flush_losses(self) -> None:
+        """Read the pending losses back (one transfer per task) into ``running`` and the epoch sums. The
+        values are those ``.item()`` gives: the float32 (or bf16) losses widened to Python floats."""
+        for n, vs in self.pending.items():
+            values = torch.stack([v.float() for v in vs]).tolist() if vs else []
+            self.running[n].extend(values)
             acc_sum = self.loop.epoch_losses.setdefault(n, [0.0, 0])
-            acc_sum[0] += value
-            acc_sum[1] += 1
+            for value in values:  # one at a time, in order: the same float sum as before
+                acc_sum[0] += value
+                acc_sum[1] += 1
+        self.pending = {}
 
     def save(self, root: Path, keep: int) -> None:
+        self.flush_losses()
         payload = {
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
