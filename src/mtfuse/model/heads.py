@@ -488,22 +488,36 @@ class MaskedLMHead(nn.Module):
     ``mlm_mask`` positions (the masked ones; N over the whole batch, row by row), or [B, T, V] at every
     position when the batch has no mask (the ONNX export).
 
-    :meth:`warm_start` loads the checkpoint's own MLM head (``cls.predictions.*`` of a ``BertForMaskedLM``
-    checkpoint's safetensors) when there is one; else the head starts fresh, initialised as BERT does.
+    :meth:`warm_start` loads the checkpoint's own MLM head when there is one: ``cls.predictions.*`` of a
+    ``BertForMaskedLM`` checkpoint's safetensors, or ``lm_head.*`` of a RoBERTa / XLM-RoBERTa one (the same
+    dense -> GELU -> LayerNorm -> tied decoder + bias); else the head starts fresh, initialised as BERT does.
     ``num_outputs`` is the vocabulary size; the spec's ``lm_head`` gives ``hidden_act`` and
     ``layer_norm_eps`` (the encoder's); pooling and dropout are unused (BERT's MLM head has no dropout)."""
 
     takes_batch = True
     #: the decoder weight is the encoder's word embeddings once tied: stored once, with the encoder
     TIED = ("decoder.weight",)
-    #: what a checkpoint's own MLM head holds (``cls.predictions.`` + these), in this head's names
-    CHECKPOINT_PREFIX = "cls.predictions."
+    #: this head's tensors that a checkpoint's own MLM head holds
     CHECKPOINT_KEYS = (
         "transform.dense.weight",
         "transform.dense.bias",
         "transform.LayerNorm.weight",
         "transform.LayerNorm.bias",
         "bias",
+    )
+    #: checkpoint MLM heads: (prefix, this head's name -> the checkpoint's name after the prefix)
+    CHECKPOINT_HEADS = (
+        ("cls.predictions.", {k: k for k in CHECKPOINT_KEYS}),  # BertForMaskedLM, BertForPreTraining
+        (  # RobertaForMaskedLM, XLMRobertaForMaskedLM (xlm-roberta-base, roberta-base on the hub)
+            "lm_head.",
+            {
+                "transform.dense.weight": "dense.weight",
+                "transform.dense.bias": "dense.bias",
+                "transform.LayerNorm.weight": "layer_norm.weight",
+                "transform.LayerNorm.bias": "layer_norm.bias",
+                "bias": "bias",
+            },
+        ),
     )
 
     def __init__(
@@ -561,23 +575,29 @@ class MaskedLMHead(nn.Module):
         return [e.weight for e in self._embeddings]
 
     def warm_start(self, encoder: nn.Module) -> None:
-        """Load the checkpoint's own MLM head (``cls.predictions.transform.*`` and ``cls.predictions.bias``)
-        from the safetensors files the encoder was loaded from, when it has them; keep the fresh head when it
-        has none (a plain ``BertModel`` or sentence-transformers checkpoint, such as the packaged MiniLM)."""
+        """Load the checkpoint's own MLM head (BERT's ``cls.predictions.transform.*`` and
+        ``cls.predictions.bias``, or RoBERTa's ``lm_head.dense.*``, ``lm_head.layer_norm.*`` and
+        ``lm_head.bias``) from the safetensors files the encoder was loaded from, when it has them; keep the
+        fresh head when it has none (a plain ``BertModel`` or sentence-transformers checkpoint, such as the
+        packaged MiniLM)."""
         from mtfuse.model.encoder import checkpoint_tensors
 
-        found = checkpoint_tensors(str(getattr(encoder, "name_or_path", "") or ""), self.CHECKPOINT_PREFIX)
-        if "bias" not in found and "decoder.bias" in found:  # stored under the tied decoder bias
-            found["bias"] = found["decoder.bias"]
-        state = {k: found[k] for k in self.CHECKPOINT_KEYS if k in found}
-        if not state:
+        source = str(getattr(encoder, "name_or_path", "") or "")
+        for prefix, names in self.CHECKPOINT_HEADS:
+            found = checkpoint_tensors(source, prefix)
+            if "bias" not in found and "decoder.bias" in found:  # stored under the tied decoder bias
+                found["bias"] = found["decoder.bias"]
+            state = {k: found[theirs] for k, theirs in names.items() if theirs in found}
+            if state:
+                break
+        else:
             return
         mine = self.state_dict()
         for key in self.CHECKPOINT_KEYS:
             if key not in state or tuple(state[key].shape) != tuple(mine[key].shape):
                 what = "missing" if key not in state else f"of shape {list(state[key].shape)}"
                 raise ConfigError(
-                    f"masked_lm head: the checkpoint's MLM head does not fit: '{self.CHECKPOINT_PREFIX}{key}' "
+                    f"masked_lm head: the checkpoint's MLM head does not fit: '{prefix}{names[key]}' "
                     f"is {what}, the head needs {list(mine[key].shape)}"
                 )
         self.load_state_dict(state, strict=False)  # copies into the head's dtype; the decoder stays tied

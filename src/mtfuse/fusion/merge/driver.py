@@ -77,7 +77,10 @@ def merge_state(
         reader = _Tensors(stack)
         for name in plan.names:
             tensors = [reader.get(inp.keymap[name]) for inp in plan.inputs]
-            b = reader.get(plan.base_map[name]) if plan.base_map else None
+            if name in plan.no_base and m.needs_base:  # no base to take task vectors from: the mean
+                merged[name] = (sum(t.double() for t in tensors) / len(tensors)).to(tensors[0].dtype)
+                continue
+            b = reader.get(plan.base_map[name]) if name in plan.base_map else None
             if b is not None and b.shape != tensors[0].shape:
                 raise MtfuseError(
                     f"tensor '{name}': base has shape {list(b.shape)}, inputs {list(tensors[0].shape)}"
@@ -119,7 +122,7 @@ def distances_to_base(plan: MergePlan) -> dict[str, float]:
     sq_diff, sq_base = [0.0] * len(plan.inputs), 0.0
     with ExitStack() as stack:
         reader = _Tensors(stack)
-        for name in plan.names:
+        for name in plan.base_map:
             b = reader.get(plan.base_map[name])
             if not b.is_floating_point():
                 continue
@@ -168,6 +171,7 @@ def stats_context(
         read_base=(lambda name: reader.get(plan.base_map[name])) if plan.base_map else None,
         merge_with=lambda st: merge_state(plan, m, p, weights, seed, st),
         log=log,
+        no_base=list(plan.no_base),
     )
 
 
@@ -237,6 +241,9 @@ def merge_runs(
         "merge_seconds": None,
         "request": request.record(plan.base_name),
     }
+    if plan.no_base and m.needs_base:  # e.g. xlm-roberta-base has no pooler: each run started from a new one
+        record["no_base"] = {"tensors": plan.no_base, "merged_as": "the inputs' mean"}
+        log(f"the base has no {', '.join(plan.no_base)}: merged as the inputs' mean")
     if stats is not None:
         record["stats"] = stats.info
     if head_from is not None:

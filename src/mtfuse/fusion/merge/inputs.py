@@ -200,23 +200,33 @@ def _check_same_head(task: str, a: Path, b: Path) -> None:
             )
 
 
+#: encoder tensors a base checkpoint may lack: ``AutoModel`` initialises them afresh when it loads the base.
+#: RoBERTa-family checkpoints saved from a ``*ForMaskedLM`` model (xlm-roberta-base, roberta-base on the hub)
+#: have no pooler (``add_pooling_layer=False``), so every run fine-tuned from them starts from a random pooler.
+FRESH_ON_LOAD = ("pooler.",)
+
+
 def _base_keymap(
     base_dir: Path, names: list[str], base_config: dict[str, Any]
-) -> dict[str, tuple[Path, str]]:
-    """Match the inputs' tensor names in the base checkpoint (which may prefix them, e.g. 'bert.')."""
+) -> tuple[dict[str, tuple[Path, str]], list[str]]:
+    """Match the inputs' tensor names in the base checkpoint (which may prefix them, e.g. 'bert.'): the map,
+    and the names the base lacks because they are new in every model loaded from it (``FRESH_ON_LOAD``)."""
     files = _weight_files(base_dir)
     prefix = base_config.get("model_type", "")
-    out = {}
+    out, fresh = {}, []
     for n in names:
         for cand in (n, f"{prefix}.{n}", f"bert.{n}", f"roberta.{n}"):
             if cand in files:
                 out[n] = files[cand]
                 break
         else:
+            if n.startswith(FRESH_ON_LOAD):
+                fresh.append(n)
+                continue
             raise MtfuseError(
                 f"{base_dir}: the base checkpoint has no tensor '{n}'; is it really the base model?"
             )
-    return out
+    return out, fresh
 
 
 @dataclass
@@ -229,6 +239,9 @@ class MergePlan:
     names: list[str]  # tensor names, sorted
     base_map: dict[str, tuple[Path, str]]  # tensor name -> (base file, key); empty without a base
     shared_init: bool = False  # the base is the init every (from-scratch) input started from, checked
+    #: tensors the base lacks (``FRESH_ON_LOAD``: a pooler the base checkpoint has none of): no task vector
+    #: can be taken, so a method that needs the base gets none there and they are the inputs' mean
+    no_base: list[str] = field(default_factory=list)
 
 
 def plan_merge(run_dirs: list[Path], m: MergeMethod, base: str | None = None) -> MergePlan:
@@ -255,9 +268,10 @@ def plan_merge(run_dirs: list[Path], m: MergeMethod, base: str | None = None) ->
     check_inputs(inputs, base_dir, repeated_tasks=m.repeated_tasks)
     names = sorted(inputs[0].keymap)
     base_map: dict[str, tuple[Path, str]] = {}
+    no_base: list[str] = []
     if base_dir is not None:
-        base_map = _base_keymap(base_dir, names, _read_config(base_dir))
-    return MergePlan(inputs, base_name, base_dir, names, base_map, shared_init)
+        base_map, no_base = _base_keymap(base_dir, names, _read_config(base_dir))
+    return MergePlan(inputs, base_name, base_dir, names, base_map, shared_init, no_base)
 
 
 def _common_base(inputs: list[MergeInput]) -> str | None:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,6 +155,7 @@ class StatsContext:
     merge_with: Callable[[Stats], dict[str, Tensor]]  # the method's whole merge under given statistics
     log: Callable[[str], None] = print
     workdir: Path | None = None  # where file statistics go (default: a new temporary folder)
+    no_base: list[str] = field(default_factory=list)  # tensors the base lacks (merged as the inputs' mean)
 
 
 StatsFn = Callable[[StatsContext], Stats]
@@ -488,8 +489,13 @@ def adamerging_stats(ctx: StatsContext) -> CoefficientStats:
         )
 
     enc_params = {n for n, _ in model.encoder.named_parameters()}
-    names = [nm for nm in ctx.names if nm in enc_params]
+    names = [nm for nm in ctx.names if nm in enc_params and nm not in ctx.no_base]
     base = {nm: ctx.read_base(nm).to(device, torch.float32) for nm in names}
+    fixed = {  # no base, no task vectors: the inputs' mean, as the merge will have them
+        f"encoder.{nm}": sum(ctx.read(k, nm).to(device, torch.float32) for k in range(n)) / n
+        for nm in ctx.no_base
+        if nm in enc_params
+    }
     taus = [{nm: ctx.read(k, nm).to(device, torch.float32) - base[nm] for nm in names} for k in range(n)]
     groups = sorted({groups_fn(nm) for nm in names})
     gidx = {g: j for j, g in enumerate(groups)}
@@ -501,7 +507,7 @@ def adamerging_stats(ctx: StatsContext) -> CoefficientStats:
     curve: list[float] = []
     for step in range(p.steps + 1):
         lam = raw.clamp(0.0, 1.0)  # the paper's code clamps in the forward pass
-        merged = {}
+        merged = dict(fixed)
         for nm, j in zip(names, col, strict=True):
             t = base[nm]
             for k in range(n):
