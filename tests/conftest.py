@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.multilingual import build_tiny_mbert, build_tiny_xlmr
 from tests.helpers.tiny import build_tiny_bert
 
 
@@ -13,6 +14,20 @@ from tests.helpers.tiny import build_tiny_bert
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory with a 2-layer, hidden-32 random BERT (seed 0) and MiniLM's real fast tokenizer."""
     return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_dir(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -> Path:
+    """A 2-layer, hidden-32 random XLM-RoBERTa with a SentencePiece (Unigram) tokenizer trained on English and
+    German shared data (``tests.helpers.multilingual``)."""
+    return build_tiny_xlmr(tmp_path_factory.mktemp("tiny_xlmr"), shared_data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_mbert_dir(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -> Path:
+    """A 2-layer, hidden-32 random BERT with a cased WordPiece tokenizer trained on English and German shared
+    data, as multilingual BERT (``tests.helpers.multilingual``)."""
+    return build_tiny_mbert(tmp_path_factory.mktemp("tiny_mbert"), shared_data_dir)
 
 
 @pytest.fixture
