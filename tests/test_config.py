@@ -53,6 +53,16 @@ def test_dotted_overrides_parse_values_and_address_tasks_by_name(tmp_path: Path)
     assert cfg.subset.train == 10
 
 
+def test_precision_no_unquoted_means_fp32(tmp_path: Path) -> None:
+    """YAML 1.1 reads a bare `no` as false; `precision: no` and `train.precision=no` still mean fp32."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE) + "train:\n  precision: no\n")
+    assert config_mod.load(path).train.precision == "no"
+    assert config_mod.load(write(tmp_path, BASE), ["train.precision=no"]).train.precision == "no"
+    with pytest.raises(ConfigError, match="train.precision"):
+        config_mod.load(write(tmp_path, BASE), ["train.precision=yes"])  # true is not a precision
+
+
 def test_unknown_key_lists_valid_choices(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         config_mod.load(write(tmp_path, BASE), ["train.lrr=1"])

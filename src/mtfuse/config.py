@@ -320,6 +320,7 @@ class TrainConfig(Strict):
     warmup_steps: NonNegativeInt | None = None
     max_grad_norm: PositiveFloat | None = Field(1.0, allow_inf_nan=False)
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
+
     eval_every: PositiveInt | None = None  # steps; default: once per epoch
     checkpoint_every: PositiveInt | None = None  # steps; default: eval_every
     # also write a checkpoint when this many minutes passed since the last one (bounds what a crash loses)
@@ -344,6 +345,12 @@ class TrainConfig(Strict):
     tracker_init: dict[str, dict[str, Any]] = Field(default_factory=dict)  # tracker -> its init kwargs
     progress: bool = True
     cpu: bool = False  # force the CPU even where a GPU is present
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _no_is_false(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `no` (precision: no, train.precision=no) as false: it means fp32 here
+        return "no" if v is False else v
 
     @field_validator("log_with")
     @classmethod
