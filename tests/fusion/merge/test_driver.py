@@ -191,3 +191,22 @@ def test_overwrite_never_replaces_a_training_run(runs: dict[str, Path], tmp_path
         merge([runs["cola"]], "linear", out)
     record = merge([runs["cola"], runs["stsb"]], "linear", out, overwrite=True)
     assert json.loads((out / "merge.json").read_text())["inputs"] == record["inputs"]
+
+
+def test_squared_distance_is_the_float64_value_chunk_by_chunk() -> None:
+    """The distance check's ||x - y||^2: chunked through a small buffer (boundaries not aligned), in any
+    floating dtype, within float32 rounding of the float64 value; None gives ||x||^2."""
+    from mtfuse.fusion.merge.driver import squared_distance
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(301, 7, generator=g)
+    y = x + 0.01 * torch.randn(301, 7, generator=g)
+    want = float(((x.double() - y.double()) ** 2).sum())
+    for buf in (None, torch.empty(64), torch.empty(1000)):
+        assert abs(squared_distance(x, y, buf) - want) <= 1e-5 * want
+    wx = float((x.double() ** 2).sum())
+    assert abs(squared_distance(x, None, torch.empty(50)) - wx) <= 1e-5 * wx
+    xb, yb = x.bfloat16(), y.bfloat16()
+    want_b = float(((xb.double() - yb.double()) ** 2).sum())
+    assert abs(squared_distance(xb, yb, torch.empty(64)) - want_b) <= 1e-5 * want_b
+    assert squared_distance(torch.empty(0), torch.empty(0)) == 0.0

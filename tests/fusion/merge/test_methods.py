@@ -435,6 +435,28 @@ def test_bad_tensors_are_mtfuse_errors(name):
             _merge(name, models, torch.full_like(base, float("-inf")))
 
 
+def test_all_finite_agrees_with_the_elementwise_test() -> None:
+    """The one-reduction fast path of the input check: any NaN / inf is found, and finite tensors whose sum
+    overflows (float32 near its maximum, float16) are not refused."""
+    from mtfuse.fusion.merge.method import all_finite
+
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.randn(50, 7, generator=g), torch.full((10,), 3.0e38), torch.full((4096,), 60000.0).half()]
+    cases.append(torch.full((8,), 3.0e38).bfloat16())
+    cases.append(torch.tensor([3.0e38, -3.0e38, 3.0e38, 3.0e38]))  # the sum overflows to inf: still finite
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        t = torch.randn(30, generator=g)
+        t[17] = bad
+        cases.append(t)
+    both = torch.randn(30, generator=g)
+    both[3], both[4] = float("inf"), float("-inf")  # sum NaN
+    cases.append(both)
+    cases.append(torch.empty(0))
+    for t in cases:
+        assert all_finite(t) == bool(torch.isfinite(t).all()), t
+    assert all_finite(torch.full((10,), 3.0e38)) and not all_finite(both)
+
+
 # ------------------------------------------------------------------------------------- parity with peft
 #
 # peft's merge functions take TASK tensors (tau_i, no base) and a weight tensor, and return the merged DELTA:

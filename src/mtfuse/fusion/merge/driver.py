@@ -58,6 +58,26 @@ class _Tensors:
         return self.handles[path].get_tensor(key)
 
 
+CHUNK = 1 << 20  # entries per step of squared_distance: a 4 MB float32 buffer, reused
+
+
+def squared_distance(x: torch.Tensor, y: torch.Tensor | None, buf: torch.Tensor | None = None) -> float:
+    """||x - y||^2 (``y`` None: ||x||^2) in float32, chunk by chunk through ``buf``: a subtraction into the
+    buffer and a BLAS dot product per chunk, summed in float64. Written by hand because ``torch.dist`` is
+    several times slower on the CPU and less accurate (relative error ~4e-4 against float64 on a 30522 x 384
+    embedding, ~1e-6 here); the distance check reads every input tensor, so it set the pace of cheap merges."""
+    xf = x.reshape(-1).float()
+    yf = None if y is None else y.reshape(-1).float()
+    if buf is None:
+        buf = torch.empty(min(CHUNK, max(xf.numel(), 1)))
+    total = 0.0
+    for i in range(0, xf.numel(), buf.numel()):
+        n = min(buf.numel(), xf.numel() - i)
+        d = xf[i : i + n] if yf is None else torch.sub(xf[i : i + n], yf[i : i + n], out=buf[:n])
+        total += float(torch.dot(d, d))
+    return total
+
+
 def merge_state(
     plan: MergePlan,
     m: MergeMethod,
@@ -73,6 +93,7 @@ def merge_state(
     Peak memory: the merged model plus one tensor (and one statistic) per input. With ``sq_diff`` (one float
     per input) and ``sq_base`` (one float), accumulates ||theta_i - theta_base||^2 and ||theta_base||^2."""
     merged: dict[str, torch.Tensor] = {}
+    buf = torch.empty(CHUNK) if sq_diff is not None else None
     with ExitStack() as stack:
         reader = _Tensors(stack)
         for name in plan.names:
@@ -81,9 +102,10 @@ def merge_state(
                 merged[name] = (sum(t.double() for t in tensors) / len(tensors)).to(tensors[0].dtype)
                 continue
             b = reader.get(plan.base_map[name]) if name in plan.base_map else None
-            if b is not None and b.shape != tensors[0].shape:
+            bad = next((t for t in tensors if b is not None and t.shape != b.shape), None)
+            if bad is not None:
                 raise MtfuseError(
-                    f"tensor '{name}': base has shape {list(b.shape)}, inputs {list(tensors[0].shape)}"
+                    f"tensor '{name}': base has shape {list(b.shape)}, inputs {list(bad.shape)}"
                 )
             if not tensors[0].is_floating_point():  # integer buffers (position ids): must agree, copied as is
                 if any(not torch.equal(t, tensors[0]) for t in tensors[1:]):
@@ -91,10 +113,9 @@ def merge_state(
                 merged[name] = tensors[0].contiguous()
                 continue
             if b is not None and sq_diff is not None and sq_base is not None:
-                bf = b.float()
-                sq_base[0] += float(torch.linalg.vector_norm(bf)) ** 2  # one kernel, no temporaries
+                sq_base[0] += squared_distance(b, None, buf)
                 for i, t in enumerate(tensors):
-                    sq_diff[i] += float(torch.dist(t.float(), bf)) ** 2
+                    sq_diff[i] += squared_distance(t, b, buf)
             try:
                 if m.needs_stats:
                     if stats is None:
@@ -119,17 +140,21 @@ def distances_to_base(plan: MergePlan) -> dict[str, float]:
     """Relative L2 distance ||theta_i - theta_base|| / ||theta_base|| of each input (empty without a base)."""
     if not plan.base_map:
         return {}
-    sq_diff, sq_base = [0.0] * len(plan.inputs), 0.0
+    sq_diff, sq_base, buf = [0.0] * len(plan.inputs), 0.0, torch.empty(CHUNK)
     with ExitStack() as stack:
         reader = _Tensors(stack)
         for name in plan.base_map:
             b = reader.get(plan.base_map[name])
             if not b.is_floating_point():
                 continue
-            bf = b.float()
-            sq_base += float(torch.linalg.vector_norm(bf)) ** 2
+            sq_base += squared_distance(b, None, buf)
             for i, inp in enumerate(plan.inputs):
-                sq_diff[i] += float(torch.dist(reader.get(inp.keymap[name]).float(), bf)) ** 2
+                t = reader.get(inp.keymap[name])
+                if t.shape != b.shape:
+                    raise MtfuseError(
+                        f"tensor '{name}': base has shape {list(b.shape)}, inputs {list(t.shape)}"
+                    )
+                sq_diff[i] += squared_distance(t, b, buf)
     return _relative(plan, sq_diff, sq_base)
 
 

@@ -195,18 +195,26 @@ def _check_tensors(named: list[tuple[str, Tensor]]) -> None:
             raise DataError(
                 f"shape mismatch: {first_name} has {tuple(first.shape)}, {what} has {tuple(t.shape)}"
             )
-        finite = torch.isfinite(t)
-        if not bool(finite.all()):
+        if not all_finite(t):
+            finite = torch.isfinite(t)
             nan = int(torch.isnan(t).sum())
             inf = int((~finite).sum()) - nan
             raise DataError(f"{what} has non-finite values ({nan} NaN, {inf} inf)")
+
+
+def all_finite(t: Tensor) -> bool:
+    """Whether every entry of ``t`` is finite. Fast path: one reduction, no temporary. Under IEEE arithmetic any
+    NaN or inf entry makes the sum NaN or inf, so a finite sum proves every entry finite; a non-finite sum (an
+    overflow of finite entries, or a real NaN / inf) is settled by the exact elementwise test. The elementwise
+    test alone allocates a boolean tensor as large as ``t``: it was ~85% of a linear merge's time."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def _check_stats(stats: list[Tensor]) -> None:
     for i, s in enumerate(stats):
         if not isinstance(s, Tensor) or not s.is_floating_point():
             raise DataError(f"statistics of model {i}: expected a floating-point tensor")
-        if not bool(torch.isfinite(s).all()):
+        if not all_finite(s):
             raise DataError(f"statistics of model {i} have non-finite values")
 
 
