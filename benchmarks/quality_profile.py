@@ -30,14 +30,35 @@ Three steps, each resumable (a run that already has its output is kept):
     .venv/bin/python benchmarks/quality_profile.py search
     .venv/bin/python benchmarks/quality_profile.py run --seed 1
     .venv/bin/python benchmarks/quality_profile.py table
+
+The GPU variant, ``--profile gpu`` before the step (``benchmarks/quality_profile_gpu.yaml``): the same arms at
+full data (every train row, full dev) with the reference recipe of ../shared/REFERENCE.md (lr 3e-5, 5 epochs,
+the encoder's pooler, bf16; nothing searched, so ``search`` is CPU-only). Its runs go to
+runs/quality-gpu/s<SEED>, its results to results/quality_profile_gpu-s<SEED>.json, quality_profile_gpu.json /
+.md and quality_profile_gpu-merges-s<SEED>.json. With every train row trained on there is no split
+train-holdout, so its task arithmetic and TIES merges run at their defaults (scale 1; TIES density 0.2) with no
+search: selecting on dev would make the dev scores optimistic. With unequal train sets, proportional sampling
+is no longer uniform sampling, and PCGrad's joint steps see every task equally often.
+
+    .venv/bin/python benchmarks/quality_profile.py --profile gpu run --seed 1 --mtl-arms mtl-equal
+    .venv/bin/python benchmarks/quality_profile.py --profile gpu table
+
+``run --set KEY=VALUE`` (repeatable) appends a config override to every training and fine-tuning (after the
+seed), for smoke tests; it needs ``--work DIR`` (its runs must not mix with the profile's), and the result
+goes to DIR/<prefix>-s<SEED>-smoke.json with the overrides recorded, never into results/:
+
+    .venv/bin/python benchmarks/quality_profile.py --profile gpu run --seed 1 --work /tmp/qp-smoke \
+        --mtl-arms mtl-equal --set subset.train=16 --set subset.eval=16 --set train.max_steps=2
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import math
+import os
 import platform
 import re
 import statistics
@@ -72,17 +93,75 @@ MERGES = {  # name -> merge arguments
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """What ``--profile`` chooses (and ``run --work`` / ``--set`` adjust): one value, made once in ``main``."""
+
+    name: str
+    config: Path
+    work: Path  # seed S's runs: work / f"s{S}"
+    prefix: str  # results/<prefix>-s<S>.json, <prefix>.json and .md, <prefix>-merges-s<S>.json
+    data: str  # the table's description of the training data
+    # search the task arithmetic and TIES hyperparameters on train-holdout: needs train rows outside subset.train
+    merge_search: bool = True
+    results: Path = RESULTS
+    overrides: tuple[str, ...] = ()  # run --set: after the seed, in every training and fine-tuning
+
+    @property
+    def flag(self) -> str:
+        """The option as the recorded commands write it (none for the default profile)."""
+        return "" if self.name == "cpu" else f" --profile {self.name}"
+
+    def result(self, stem: str) -> Path:
+        """``stem`` of the profile's results (``-s1``, ``-merges-s1``, ``""``), ``-smoke`` with overrides."""
+        return self.results / f"{self.prefix}{stem}{'-smoke' if self.overrides else ''}.json"
+
+    def merges(self) -> dict[str, list[str]]:
+        """MERGES, without the hyperparameter searches where there is no train-holdout to search on."""
+        if self.merge_search:
+            return MERGES
+        out = {}
+        for name, margs in MERGES.items():
+            i = margs.index("--search-space") if "--search-space" in margs else len(margs)
+            out[name] = margs[:i] + margs[i + 2 :]
+        return out
+
+
+PROFILES = {
+    "cpu": Profile("cpu", CONFIG, WORK, "quality_profile", "1,000 train examples each, full dev"),
+    "gpu": Profile(
+        "gpu",
+        ROOT / "benchmarks" / "quality_profile_gpu.yaml",
+        ROOT / "benchmarks" / "runs" / "quality-gpu",
+        "quality_profile_gpu",
+        "full train and dev data, REFERENCE.md's recipe",
+        merge_search=False,
+    ),
+}
+CPU = PROFILES["cpu"]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of the mtfuse commands: this checkout's ``src`` first on PYTHONPATH, so that they run
+    the code beside this script (a second worktree included), not whichever checkout is installed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def cli(*args: object, log: Path | None = None) -> None:
     """One mtfuse command; its output goes to ``log`` (the run's own folder) so a failure can be read."""
     argv = [str(MTFUSE), *map(str, args)]
     print("$", " ".join(argv[1:]), flush=True)
     t0 = time.perf_counter()
     if log is None:
-        subprocess.run(argv, check=True, cwd=ROOT)
+        subprocess.run(argv, check=True, cwd=ROOT, env=child_env())
     else:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as f:
-            rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+            rc = subprocess.run(
+                argv, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=child_env()
+            ).returncode
         if rc:
             sys.exit(f"failed ({rc}); see {log}:\n" + "".join(log.read_text().splitlines(True)[-15:]))
     print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
@@ -106,16 +185,17 @@ def task_score(metrics: dict[str, float]) -> float:
     return statistics.fmean(metrics.values())
 
 
-def common(seed: int) -> list[str]:
-    return [f"train.seed={seed}"]
+def common(seed: int, profile: Profile = CPU) -> list[str]:
+    """Every training's first overrides: the seed, then ``run --set``'s."""
+    return [f"train.seed={seed}", *profile.overrides]
 
 
-def train(out: Path, seed: int, *overrides: str) -> Path:
+def train(out: Path, seed: int, *overrides: str, profile: Profile = CPU) -> Path:
     if not finished(out):
         cli(
             "train",
-            CONFIG,
-            *common(seed),
+            profile.config,
+            *common(seed, profile),
             *overrides,
             "--output",
             out,
@@ -193,19 +273,23 @@ def stopped_recipes(work: Path, done: set[str]) -> dict[str, dict[str, Any]]:
 
 
 def has_finetune() -> bool:
-    return subprocess.run([str(MTFUSE), "finetune", "--help"], capture_output=True).returncode == 0
+    argv = [str(MTFUSE), "finetune", "--help"]
+    return subprocess.run(argv, capture_output=True, env=child_env()).returncode == 0
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace, profile: Profile = CPU) -> None:
     """Every arm for one seed. Order: what the comparison needs most first (single-task, the equal-weighting
     multi-task model, merges, MT-DNN), then the other weightings; ensembles and the comparison last."""
-    seed, work = args.seed, WORK / f"s{args.seed}"
+    seed, work = args.seed, profile.work / f"s{args.seed}"
     arms = args.mtl_arms.split(",") if args.mtl_arms else list(MTL_ARMS)
+    unknown = [a for a in arms if a not in MTL_ARMS]
+    if unknown:
+        sys.exit(f"--mtl-arms: unknown arm {unknown}; choose from {','.join(MTL_ARMS)}")
     t_start = time.perf_counter()
-    st = {t: train(work / f"st-{t}", seed, f"only_tasks=[{t}]") for t in TASKS}
-    mtl = {"mtl-equal": train(work / "mtl-equal", seed)}
+    st = {t: train(work / f"st-{t}", seed, f"only_tasks=[{t}]", profile=profile) for t in TASKS}
+    mtl = {"mtl-equal": train(work / "mtl-equal", seed, profile=profile)}
     systems: list[Path] = [*st.values(), mtl["mtl-equal"]]
-    for name, margs in MERGES.items():
+    for name, margs in profile.merges().items():
         out = work / name
         if not finished(out):
             split = ["--search-split", "train-holdout"] if "--search-space" in margs else []
@@ -229,7 +313,14 @@ def run(args: argparse.Namespace) -> None:
     elif has_finetune():
         out = work / "mtdnn"
         if not mtdnn_done:
-            cli("finetune", work / "mtl-equal", "--output", out, *common(seed), log=work / "mtdnn.log")
+            cli(
+                "finetune",
+                work / "mtl-equal",
+                "--output",
+                out,
+                *common(seed, profile),
+                log=work / "mtdnn.log",
+            )
         finetuned = {t: out / t for t in TASKS}
         systems += [*finetuned.values(), out / "merged"]
     else:
@@ -244,7 +335,7 @@ def run(args: argparse.Namespace) -> None:
         extra = list(MTL_ARMS[name])
         if "train.step_mode=joint" in extra:  # a batch of every task a step: as many examples per task
             extra.append(f"train.max_steps={math.ceil(sampled_steps / len(TASKS))}")
-        mtl[name] = train(work / name, seed, *extra)
+        mtl[name] = train(work / name, seed, *extra, profile=profile)
         systems.append(mtl[name])
     for t in TASKS:
         members = [st[t], *mtl.values(), *([finetuned[t]] if t in finetuned else [])]
@@ -271,15 +362,42 @@ def run(args: argparse.Namespace) -> None:
     out = {
         "benchmark": "quality_profile",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": f"benchmarks/quality_profile.py run --seed {seed}",
+        "command": run_command(args, profile),
         "seed": seed,
+        **profile_record(profile),
         "machine": machine(),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "systems": systems_of(cmp),
         "compare": {k: cmp[k] for k in ("metrics", "reference", "definitions")},
     }
-    write_json(RESULTS / f"quality_profile-s{seed}.json", out)
-    print(f"wrote {RESULTS / f'quality_profile-s{seed}.json'}")
+    path = profile.result(f"-s{seed}")
+    write_json(path, out)
+    print(f"wrote {path}")
+
+
+def run_command(args: argparse.Namespace, profile: Profile) -> str:
+    """The ``run`` command as its results JSON records it (the CPU profile's as it always was)."""
+    command = f"benchmarks/quality_profile.py{profile.flag} run --seed {args.seed}"
+    if args.work is not None:
+        command += f" --work {args.work}"
+    return command + "".join(f" --set {o}" for o in profile.overrides)
+
+
+def profile_record(profile: Profile) -> dict[str, Any]:
+    """What a results JSON says of a profile other than the default one, and of ``--set`` (nothing for the
+    CPU profile without ``--set``: its files stay as they were)."""
+    out: dict[str, Any] = {}
+    if profile.name != "cpu":
+        out["profile"] = profile.name
+        out["config"] = str(profile.config.relative_to(ROOT))
+    if not profile.merge_search:
+        out["merge_search"] = (
+            "none: the runs train on every train row, so there is no train-holdout to choose the task "
+            "arithmetic and TIES hyperparameters on (and dev is never used to choose); both at their defaults"
+        )
+    if profile.overrides:
+        out["overrides"] = list(profile.overrides)
+    return out
 
 
 def system_name(entry: dict[str, Any]) -> str:
@@ -312,14 +430,15 @@ ALL_MERGES = (
 )  # fmt: skip
 
 
-def merges(args: argparse.Namespace) -> None:
+def merges(args: argparse.Namespace, profile: Profile = CPU) -> None:
     """Every merge method, at its defaults, on one seed's single-task runs: dev scores normalised to them."""
-    work = WORK / f"s{args.seed}"
+    work = profile.work / f"s{args.seed}"
     st = {t: work / f"st-{t}" for t in TASKS}
     missing = [str(r) for r in st.values() if not finished(r)]
     if missing:
         sys.exit(
-            f"single-task runs missing: {missing}; run `quality_profile.py run --seed {args.seed}` first"
+            f"single-task runs missing: {missing}; run `quality_profile.py{profile.flag} run --seed {args.seed}` "
+            "first"
         )
     ref = {t: task_score(json.loads((r / "metrics.json").read_text())["tasks"][t]) for t, r in st.items()}
     rows = {}
@@ -332,7 +451,11 @@ def merges(args: argparse.Namespace) -> None:
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("w") as f:
                 rc = subprocess.run(
-                    [*argv, "--output", str(out), "--overwrite"], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT
+                    [*argv, "--output", str(out), "--overwrite"],
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                    env=child_env(),
                 ).returncode
             if rc:
                 rows[m] = {"error": log.read_text().strip().splitlines()[-1][:300]}
@@ -355,15 +478,17 @@ def merges(args: argparse.Namespace) -> None:
     out = {
         "benchmark": "quality_profile merges",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": f"benchmarks/quality_profile.py merges --seed {args.seed}",
+        "command": f"benchmarks/quality_profile.py{profile.flag} merges --seed {args.seed}",
         "seed": args.seed,
+        **profile_record(dataclasses.replace(profile, merge_search=True)),  # this step never searches
         "machine": machine(),
         "note": "the seed's four single-task runs merged by each method at its default parameters (no search), "
         "base = the pretrained MiniLM; dev scores; normalised = 100 x score / the single-task run's score",
         "single_task": ref,
         "methods": rows,
     }
-    write_json(RESULTS / f"quality_profile-merges-s{args.seed}.json", out)
+    path = profile.result(f"-merges-s{args.seed}")
+    write_json(path, out)
     ok = sorted((r["normalised_average"], m) for m, r in rows.items() if "error" not in r)[::-1]
     lines = [
         f"Merge methods on the quality profile's single-task runs (seed {args.seed}), defaults, dev scores:",
@@ -382,20 +507,20 @@ def merges(args: argparse.Namespace) -> None:
             + f" | {r['average']:.1f} | {norm:.1f} |"
         )
     lines += [f"| {m} | failed: {r['error']} |" for m, r in rows.items() if "error" in r]
-    (RESULTS / f"quality_profile-merges-s{args.seed}.md").write_text("\n".join(lines) + "\n")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 # ------------------------------------------------------------------------------------------------- table
 
 
-def majority_baselines() -> dict[str, dict[str, float]]:
+def majority_baselines(profile: Profile = CPU) -> dict[str, dict[str, float]]:
     from mtfuse.baseline import majority_scores
     from mtfuse.config import load
     from mtfuse.model.encoder import load_tokenizer
     from mtfuse.tasks.prepare import prepare_tasks
 
-    cfg = load(CONFIG, [f"data_dir={ROOT.parent / 'shared' / 'data'}"])
+    cfg = load(profile.config, [f"data_dir={ROOT.parent / 'shared' / 'data'}"])
     tasks = prepare_tasks(cfg, load_tokenizer(cfg.model.name_or_path), ["train", "dev"])
     return {t: majority_scores(task, "dev") for t, task in tasks.items()}
 
@@ -404,14 +529,17 @@ def mean_sd(xs: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
 
 
-def table(args: argparse.Namespace) -> None:
-    found = (re.fullmatch(r"quality_profile-s(\d+)", p.stem) for p in RESULTS.glob("quality_profile-s*.json"))
+def table(args: argparse.Namespace, profile: Profile = CPU) -> None:
+    pre = profile.prefix
+    found = (re.fullmatch(rf"{pre}-s(\d+)", p.stem) for p in profile.results.glob(f"{pre}-s*.json"))
     seeds = sorted(int(m.group(1)) for m in found if m)
     if not seeds:
-        sys.exit("no results/quality_profile-s<SEED>.json yet: run `quality_profile.py run --seed 1` first")
-    per_seed = {s: json.loads((RESULTS / f"quality_profile-s{s}.json").read_text()) for s in seeds}
+        sys.exit(
+            f"no results/{pre}-s<SEED>.json yet: run `quality_profile.py{profile.flag} run --seed 1` first"
+        )
+    per_seed = {s: json.loads(profile.result(f"-s{s}").read_text()) for s in seeds}
     names = list(per_seed[seeds[0]]["systems"])
-    base = majority_baselines()
+    base = majority_baselines(profile)
     rows = []
     for name in names:
         got = [per_seed[s]["systems"][name] for s in seeds if name in per_seed[s]["systems"]]
@@ -439,16 +567,18 @@ def table(args: argparse.Namespace) -> None:
     out = {
         "benchmark": "quality_profile",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "benchmarks/quality_profile.py table",
+        "command": f"benchmarks/quality_profile.py{profile.flag} table",
         "seeds": seeds,
+        **profile_record(profile),
         "machine": per_seed[seeds[0]]["machine"],
         "majority_baseline": {t: {"metrics": m, "score": task_score(m)} for t, m in base.items()},
         "systems": rows,
         "goals": goals(rows),
     }
-    write_json(RESULTS / "quality_profile.json", out)
-    md = markdown(out)
-    (RESULTS / "quality_profile.md").write_text(md)
+    path = profile.result("")
+    write_json(path, out)
+    md = markdown(out, profile)
+    path.with_suffix(".md").write_text(md)
     print(md)
 
 
@@ -506,10 +636,10 @@ def fmt(ms: dict[str, Any] | None) -> str:
     return f"{ms['mean']:.1f}" + (f" ± {ms['sd']:.1f}" if ms.get("sd") is not None else "")
 
 
-def markdown(out: dict[str, Any]) -> str:
+def markdown(out: dict[str, Any], profile: Profile = CPU) -> str:
     seeds = out["seeds"]
     lines = [
-        f"Quality profile: MiniLM, {', '.join(TASKS)} (1,000 train examples each, full dev), seeds {seeds} "
+        f"Quality profile: MiniLM, {', '.join(TASKS)} ({profile.data}), seeds {seeds} "
         f"(mean ± sd). Task score = mean of its metrics; normalised = 100 x score / single-task score, averaged.",
         "",
         "| system | " + " | ".join(TASKS) + " | average | normalised | parameters | train s |",
@@ -531,7 +661,11 @@ def markdown(out: dict[str, Any]) -> str:
     for k, v in out["goals"].items():
         lines.append(f"- {k}: {json.dumps(v, default=lambda x: round(x, 2))}")
     m = out["machine"]
-    lines += ["", f"Machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']}; {out['created'][:10]}."]
+    gpu = f"{m['gpu']}, " if m.get("gpu") else ""
+    lines += [
+        "",
+        f"Machine: {gpu}{m['cpu']} ({m['cores']} cores), torch {m['torch']}; {out['created'][:10]}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -539,8 +673,6 @@ def markdown(out: dict[str, Any]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    import os
-
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -551,12 +683,17 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {
+    out = {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+    if torch.cuda.is_available():  # the mtfuse commands train on it (train.cpu is never set here)
+        out["gpu"] = torch.cuda.get_device_name(0)
+        out["gpus"] = torch.cuda.device_count()
+        out["cuda"] = torch.version.cuda
+    return out
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -564,8 +701,36 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1, default=float) + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
+def profile_of(args: argparse.Namespace) -> Profile:
+    """The profile ``--profile`` names, with ``run``'s ``--work`` and ``--set``; exits on a refused step."""
+    profile = PROFILES[args.profile]
+    if args.step == "search" and profile is not CPU:
+        sys.exit(
+            f"search is CPU-only: the {profile.name} profile uses the fixed reference recipe of "
+            f"../shared/REFERENCE.md ({profile.config.relative_to(ROOT)}); nothing there is searched"
+        )
+    if args.step != "run":
+        return profile
+    if args.set and args.work is None:
+        sys.exit("--set needs --work DIR: runs made with overrides must not mix with the profile's own runs")
+    bad = [o for o in args.set if "=" not in o]
+    if bad:
+        sys.exit(f"--set takes KEY=VALUE, got {bad[0]!r}")
+    if args.work is not None:  # its runs and its result both there, never in runs/ or results/
+        work = args.work.resolve()
+        profile = dataclasses.replace(profile, work=work, results=work)
+    return dataclasses.replace(profile, overrides=tuple(args.set))
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="cpu",
+        help="cpu: quality_profile.yaml (1,000 train rows a task); gpu: quality_profile_gpu.yaml (full data, "
+        "REFERENCE.md's recipe)",
+    )
     sub = p.add_subparsers(dest="step", required=True)
     sub.add_parser("search", help="choose the recipe on train-holdout")
     r = sub.add_parser("run", help="every arm for one seed")
@@ -577,12 +742,34 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument(
         "--mtl-arms", default=None, help=f"comma list of multi-task arms (default: {','.join(MTL_ARMS)})"
     )
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every training and fine-tuning, after the seed (repeatable; smoke tests); "
+        "needs --work, and the result is named -smoke",
+    )
+    r.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="folder for this run's runs (DIR/s<SEED>) and its result JSON, instead of runs/ and results/",
+    )
     m = sub.add_parser("merges", help="every merge method on one seed's single-task runs")
     m.add_argument("--seed", type=int, required=True)
     m.add_argument("--methods", default=None, help="comma list (default: every method that takes n models)")
     sub.add_parser("table", help="mean ± sd over seeds, markdown + JSON")
-    args = p.parse_args(argv)
-    {"search": search, "run": run, "merges": merges, "table": table}[args.step](args)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    profile = profile_of(args)
+    if args.step == "search":
+        search(args)
+    else:
+        {"run": run, "merges": merges, "table": table}[args.step](args, profile)
 
 
 if __name__ == "__main__":
