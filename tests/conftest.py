@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers.multilingual import build_tiny_mbert, build_tiny_xlmr
 from tests.helpers.tiny import build_tiny_bert
@@ -55,3 +57,12 @@ def shared_data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} not found")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models on busy shared cores: one intra-op thread avoids thread hand-off costs 100x the work."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

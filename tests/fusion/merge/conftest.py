@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.helpers.fusion import make_data_runs
 
@@ -18,9 +16,5 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models on busy shared cores: one intra-op thread avoids thread hand-off costs 100x the work."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _single_thread(one_thread: None) -> None:
+    """Every merge test module runs with one intra-op thread (``one_thread`` in tests/conftest.py)."""
