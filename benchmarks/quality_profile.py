@@ -3,7 +3,7 @@
 The profile (``benchmarks/quality_profile.yaml``): the packaged MiniLM; CoLA, MRPC, RTE and STS-B with seeded
 train subsets of 1,000 examples (the same rows for every seed), full dev sets, max length 128, batch 32.
 
-Three steps, each resumable (a run that already has its output is kept):
+Four steps, each resumable (a run that already has its output is kept):
 
     search   choose the recipe (learning rate, pooling) on single-task runs scored on train rows outside the
              subset (split train-holdout), never on dev; writes results/quality_profile-search.json. The
@@ -24,6 +24,9 @@ Three steps, each resumable (a run that already has its output is kept):
              -> runs/quality/s<SEED>/report/report.html.
     merges   every merge method at its defaults on one seed's single-task runs (issue 13's table) ->
              results/quality_profile-merges-s<SEED>.json and .md.
+    mlm      masked language modelling as an auxiliary task (issue 13): the mtl-equal arm again plus one
+             masked_lm task per task on that task's own train rows (``subset_as``), against the seed's mtl-equal
+             and single-task runs -> results/quality_profile-mlm-s<SEED>.json and .md.
     table    means and standard deviations over the seeds that have results -> results/quality_profile.json and
              .md, with the majority-class baselines and the goals of issue 16.
 
@@ -376,8 +379,8 @@ def run(args: argparse.Namespace, profile: Profile = CPU) -> None:
 
 
 def run_command(args: argparse.Namespace, profile: Profile) -> str:
-    """The ``run`` command as its results JSON records it (the CPU profile's as it always was)."""
-    command = f"benchmarks/quality_profile.py{profile.flag} run --seed {args.seed}"
+    """The ``run`` (or ``mlm``) command as its results JSON records it (the CPU profile's as it always was)."""
+    command = f"benchmarks/quality_profile.py{profile.flag} {args.step} --seed {args.seed}"
     if args.work is not None:
         command += f" --work {args.work}"
     return command + "".join(f" --set {o}" for o in profile.overrides)
@@ -509,6 +512,112 @@ def merges(args: argparse.Namespace, profile: Profile = CPU) -> None:
     lines += [f"| {m} | failed: {r['error']} |" for m, r in rows.items() if "error" in r]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------------- mlm
+
+MLM_FIELDS = {"cola": ["sentence"], "mrpc": ["sentence1", "sentence2"], "rte": ["sentence1", "sentence2"],
+              "stsb": ["sentence1", "sentence2"]}  # fmt: skip
+
+
+def mlm_config(work: Path, profile: Profile = CPU) -> Path:
+    """The profile's config plus one masked_lm task per task: BERT's MLM on that task's own train text (the
+    same 1,000 rows: ``subset_as``; a pair is one ``[CLS] a [SEP] b [SEP]`` input), no labels, no other data.
+    Written beside the seed's runs; the profile's YAML stays the one source of the recipe."""
+    import yaml
+
+    raw = yaml.safe_load(profile.config.read_text())
+    by_name = {t["name"]: t for t in raw["tasks"]}
+    raw["tasks"] += [
+        {"name": f"{t}_mlm", "type": "masked_lm", "data": by_name[t]["data"], "text_fields": fields,
+         "subset_as": t}
+        for t, fields in MLM_FIELDS.items()
+    ]  # fmt: skip
+    path = work / "mtl-mlm.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def mlm(args: argparse.Namespace, profile: Profile = CPU) -> None:
+    """Masked language modelling as an auxiliary task (issue 13 §4): the mtl-equal arm again with an MLM task
+    on each task's own train text, against the seed's mtl-equal and single-task runs, on dev."""
+    seed, work = args.seed, profile.work / f"s{args.seed}"
+    for t in TASKS:  # the references, as `run` trains them (kept when `run` already has)
+        train(work / f"st-{t}", seed, f"only_tasks=[{t}]", profile=profile)
+    train(work / "mtl-equal", seed, profile=profile)
+    out = work / "mtl-mlm"
+    t0 = time.perf_counter()
+    if not finished(out):
+        cli(
+            "train",
+            mlm_config(work, profile),
+            *common(seed, profile),
+            "--output",
+            out,
+            "--overwrite",
+            log=out.with_suffix(".log"),
+        )
+
+    def scored(run: Path) -> dict[str, Any]:
+        got = json.loads((run / "metrics.json").read_text())
+        res = json.loads((run / "results.json").read_text())
+        return {
+            "metrics": got["tasks"],
+            "train_seconds": res.get("train_seconds"),
+            "steps": res.get("total_steps"),
+        }
+
+    with_mlm, equal = scored(out), scored(work / "mtl-equal")
+    single = {t: task_score(scored(work / f"st-{t}")["metrics"][t]) for t in TASKS}
+    rows = {
+        "single-task": {"tasks": single},
+        "mtl-equal": {"tasks": {t: task_score(equal["metrics"][t]) for t in TASKS}, **equal},
+        "mtl-equal + mlm": {"tasks": {t: task_score(with_mlm["metrics"][t]) for t in TASKS}, **with_mlm},
+    }
+    for r in rows.values():
+        r["average"] = statistics.fmean(r["tasks"].values())
+    result = {
+        "benchmark": "quality_profile mlm",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": run_command(args, profile),
+        "seed": seed,
+        **profile_record(profile),
+        "machine": machine(),
+        "note": "mtl-equal + mlm = the mtl-equal arm's config and seed plus one masked_lm task per task on that "
+        "task's own 1,000 train rows (subset_as; labels not read), proportional sampling over all eight, "
+        "so each supervised task still sees 3 epochs; dev scores; perplexity of each MLM task on dev text",
+        "seconds": round(time.perf_counter() - t0, 1),
+        "perplexity": {f"{t}_mlm": with_mlm["metrics"][f"{t}_mlm"]["perplexity"] for t in TASKS},
+        "systems": rows,
+        "delta_vs_mtl_equal": {
+            **{t: rows["mtl-equal + mlm"]["tasks"][t] - rows["mtl-equal"]["tasks"][t] for t in TASKS},
+            "average": rows["mtl-equal + mlm"]["average"] - rows["mtl-equal"]["average"],
+        },
+    }
+    path = profile.result(f"-mlm-s{seed}")
+    write_json(path, result)
+    lines = [
+        f"Masked LM as an auxiliary task on the quality profile (seed {seed}), dev scores:",
+        "",
+        "| system | " + " | ".join(TASKS) + " | average | train s |",
+        "|---|" + "---:|" * (len(TASKS) + 2),
+    ]
+    for name, r in rows.items():
+        secs = r.get("train_seconds")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{r['tasks'][t]:.1f}" for t in TASKS)
+            + f" | {r['average']:.1f} | {'' if secs is None else f'{secs:.0f}'} |"
+        )
+    lines.append("")
+    lines.append(
+        "Dev perplexity of the MLM tasks: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in result["perplexity"].items())
+    )
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {path}")
 
 
 # ------------------------------------------------------------------------------------------------- table
@@ -709,7 +818,7 @@ def profile_of(args: argparse.Namespace) -> Profile:
             f"search is CPU-only: the {profile.name} profile uses the fixed reference recipe of "
             f"../shared/REFERENCE.md ({profile.config.relative_to(ROOT)}); nothing there is searched"
         )
-    if args.step != "run":
+    if args.step not in ("run", "mlm"):
         return profile
     if args.set and args.work is None:
         sys.exit("--set needs --work DIR: runs made with overrides must not mix with the profile's own runs")
@@ -720,6 +829,24 @@ def profile_of(args: argparse.Namespace) -> Profile:
         work = args.work.resolve()
         profile = dataclasses.replace(profile, work=work, results=work)
     return dataclasses.replace(profile, overrides=tuple(args.set))
+
+
+def smoke_options(p: argparse.ArgumentParser) -> None:
+    """``--set`` and ``--work``, of the steps that train (run, mlm)."""
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every training and fine-tuning, after the seed (repeatable; smoke tests); "
+        "needs --work, and the result is named -smoke",
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="folder for this run's runs (DIR/s<SEED>) and its result JSON, instead of runs/ and results/",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -742,23 +869,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--mtl-arms", default=None, help=f"comma list of multi-task arms (default: {','.join(MTL_ARMS)})"
     )
-    r.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a config override for every training and fine-tuning, after the seed (repeatable; smoke tests); "
-        "needs --work, and the result is named -smoke",
-    )
-    r.add_argument(
-        "--work",
-        type=Path,
-        default=None,
-        help="folder for this run's runs (DIR/s<SEED>) and its result JSON, instead of runs/ and results/",
-    )
+    smoke_options(r)
     m = sub.add_parser("merges", help="every merge method on one seed's single-task runs")
     m.add_argument("--seed", type=int, required=True)
     m.add_argument("--methods", default=None, help="comma list (default: every method that takes n models)")
+    ml = sub.add_parser("mlm", help="the mtl-equal arm with masked LM on each task's own text (issue 13)")
+    ml.add_argument("--seed", type=int, required=True)
+    smoke_options(ml)
     sub.add_parser("table", help="mean ± sd over seeds, markdown + JSON")
     return p
 
@@ -769,7 +886,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.step == "search":
         search(args)
     else:
-        {"run": run, "merges": merges, "table": table}[args.step](args, profile)
+        {"run": run, "merges": merges, "mlm": mlm, "table": table}[args.step](args, profile)
 
 
 if __name__ == "__main__":

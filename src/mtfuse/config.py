@@ -232,6 +232,9 @@ class TaskConfig(Strict):
     metrics: list[str] | None = None  # default: the task type's metrics
     max_length: int = Field(128, ge=2)  # [CLS] and [SEP] take two positions
     loss_weight: NonNegativeFloat = Field(1.0, allow_inf_nan=False)
+    # draw this task's seeded subsets (subset.train / subset.eval, train-holdout) as the named task does: an
+    # auxiliary task on the same data (masked_lm on a task's text) then reads exactly that task's rows
+    subset_as: str | None = None
     pooling: Literal["pooler", "cls", "mean"] | None = None  # default: model.pooling
     # encoder layer the head reads (hierarchical sharing); default: last. The index into HF hidden_states:
     # 0 = embeddings, 1..L = transformer layers, negative = from the top (-1 = last)
@@ -416,6 +419,11 @@ class RunConfig(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate task names: {dup}")
+        for t in self.tasks:
+            if t.subset_as is not None and t.subset_as not in names:
+                raise ValueError(
+                    f"tasks.{t.name}.subset_as: no task named '{t.subset_as}'; choose from {names}"
+                )
         if self.only_tasks:
             unknown = [n for n in self.only_tasks if n not in names]
             if unknown:

@@ -3,7 +3,6 @@ mtfuse CLI), and the CPU profile's paths, names and records unchanged."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "quality_profile.py"
 SYSTEMS = {  # every row of the profile's table
     "single-task",
     "mtl-equal",
@@ -25,18 +23,6 @@ SYSTEMS = {  # every row of the profile's table
     "ensemble (caruana)",
     "stack",
 }
-
-
-@pytest.fixture(scope="module")
-def qp():
-    """The script as a module (benchmarks/ is no package), under a name of its own."""
-    spec = importlib.util.spec_from_file_location("quality_profile_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
 
 
 def test_cpu_profile_unchanged(qp) -> None:

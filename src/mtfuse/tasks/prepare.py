@@ -23,6 +23,12 @@ def cache_dir(cfg: RunConfig) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "mtfuse" / "tokenized"
 
 
+def subset_key(tc: TaskConfig) -> str:
+    """The name a task's subsets are seeded by: its own, or that of the task it draws them as
+    (``subset_as``), which then keeps the same rows of the same file."""
+    return tc.subset_as or tc.name
+
+
 def subset_rows(rows: list[dict], n: int | None, seed: int, task: str, split: str) -> list[dict]:
     """A seeded random subset of ``n`` rows, kept in file order (same subset every run)."""
     if n is None or n >= len(rows):
@@ -46,10 +52,12 @@ def holdout_rows(cfg: RunConfig, tc: TaskConfig, rows: list[dict], cap: int | No
             f"task '{tc.name}': split '{HOLDOUT}' is the train rows outside subset.train, but the run trains on "
             f"all {len(rows)} train rows (subset.train is not set below that); use 'dev' instead"
         )
-    kept = {id(r) for r in subset_rows(rows, cfg.subset.train, cfg.subset.seed, tc.name, "train")}
+    kept = {id(r) for r in subset_rows(rows, cfg.subset.train, cfg.subset.seed, subset_key(tc), "train")}
     rest = [r for r in rows if id(r) not in kept]
     size = cfg.subset.eval or HOLDOUT_DEFAULT
-    return subset_rows(rest, size if cap is None else min(size, cap), cfg.subset.seed, tc.name, HOLDOUT)
+    return subset_rows(
+        rest, size if cap is None else min(size, cap), cfg.subset.seed, subset_key(tc), HOLDOUT
+    )
 
 
 def task_splits(tc: TaskConfig) -> list[str]:
@@ -148,7 +156,7 @@ def prepare_tasks(
         for split, rows in rows_by_split.items():
             if split != HOLDOUT:  # holdout_rows has already taken its subset
                 n = cfg.subset.train if split == "train" else cfg.subset.eval
-                rows = subset_rows(rows, n, cfg.subset.seed, tc.name, split)
+                rows = subset_rows(rows, n, cfg.subset.seed, subset_key(tc), split)
             enc, gold = encode_rows(rows, task, split, tokenizing)
             task.splits[split] = enc
             task.gold[split] = gold or []
