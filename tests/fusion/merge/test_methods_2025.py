@@ -386,6 +386,8 @@ def test_multislerp_properties():
     _close(_merge("multislerp", [x, -x], zero), zero)
     with pytest.raises(MtfuseError, match="weighted mean of the normalised inputs is 0"):
         _merge("multislerp", [x, -x, x, -x], zero)
+    # a tensor no run changed (every task vector 0, e.g. the pooler of mean-pooled runs): the base, not an error
+    _close(_merge("multislerp", [base.clone(), base.clone(), base.clone()], base, None, W), base)
 
 
 def test_della_linear_reduces_to_dare_linear_and_task_arithmetic():

@@ -11,7 +11,9 @@ With x_i = tau_i (``task_vectors: true``, the default) or theta_i, each flattene
 ||sum_i w_i u_i||; the tangent vectors u_i - <u_i, m> m are averaged with the weights into g; the result is
 exp_m(g) = cos(|g|) m + sin(|g|) g / |g| (|g| + eps in both, as mergekit), scaled to sum_i w_i ||x_i|| (and
 added to the base with task vectors). One model is returned unchanged. When sum_i w_i u_i is ~0 (opposite
-vectors with balancing weights) two models are interpolated linearly and more are an error, as in mergekit.
+vectors with balancing weights) two models are interpolated linearly and more are an error, as in mergekit,
+except where every x_i is 0 (a tensor no run changed, such as the pooler of mean-pooled runs): every input is
+then the same point, and their spherical mean is that point, so it is returned (mergekit raises there too).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def multislerp(
     mean_norm = torch.linalg.vector_norm(mean)
     offset = base if params.task_vectors else torch.zeros_like(base)
     if float(mean_norm) < eps:
+        if not bool(norms.any()):  # every input is the same point: the mean of one point is that point
+            return offset + x[0]
         if len(tensors) == 2:
             return offset + (w[0] * x[0] + w[1] * x[1])
         raise DataError(
