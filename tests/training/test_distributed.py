@@ -1,5 +1,6 @@
 """Data-parallel training: 2 CPU processes (gloo, started by ``accelerate launch``) end with the same weights
-as 1 process with the same global batch, within a stated tolerance.
+as 1 process with the same global batch, within a stated tolerance; so do 2 "nodes" of one process each (two
+torchrun agents meeting through a c10d rendezvous on loopback, as two machines would over the network).
 
 How to get 2 CPU processes from accelerate 1.x: ``accelerate launch --cpu --num_processes 2`` does NOT start
 two (without ``--mpirun_hostfile`` its "simple launcher" runs a single process). ``--multi_gpu
@@ -158,6 +159,59 @@ def runs(config_path: Path) -> dict[int, Path]:
     finish(*two)
     finish(*one)
     return {1: work / "one", 2: work / "two"}
+
+
+@pytest.fixture(scope="module")
+def two_nodes(config_path: Path, runs: dict[int, Path]) -> Path:
+    """The same config on 2 "nodes" of 1 process each: one torchrun agent per node, node ranks assigned by the
+    c10d rendezvous at one endpoint (on a cluster: the first node's address), one shared run directory."""
+    work = config_path.parent
+    out = work / "nodes"
+    port = free_port()
+    agents = [
+        start(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--rdzv_backend",
+                "c10d",
+                "--rdzv_endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv_id",
+                "mtfuse-nodes",
+                "-m",
+                "mtfuse.cli",
+                "train",
+                str(config_path),
+                "--output",
+                str(out),
+            ],  # fmt: skip
+            work / "hf",
+        )
+        for _ in range(2)
+    ]
+    for agent in agents:
+        finish(*agent)
+    return out
+
+
+def test_two_nodes_match_one_process(runs: dict[int, Path], two_nodes: Path) -> None:
+    results = json.loads((two_nodes / "results.json").read_text())
+    assert results["cost"]["processes"] == 2 and results["steps"] == MAX_STEPS
+    for name in WEIGHT_FILES:
+        one, nodes = load_file(str(runs[1] / name)), load_file(str(two_nodes / name))
+        assert sorted(one) == sorted(nodes), name
+        diff = max((one[k].double() - nodes[k].double()).abs().max().item() for k in one)
+        assert diff < TOLERANCE, f"{name}: differs by {diff:.3g} between 1 process and 2 nodes"
+    steps = sorted((two_nodes / "checkpoints").glob("step-*"))
+    assert [sorted(p.name for p in step.glob("rng-*.json")) for step in steps] == [
+        ["rng-0.json", "rng-1.json"]
+    ] * 2
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(

@@ -10,12 +10,15 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
 from mtfuse.batching import BatchStream
 from mtfuse.config import RunConfig
+from mtfuse.errors import MtfuseError
 from mtfuse.model import HeadSpec, MultiTaskModel
 from mtfuse.tasks.features import TaskData
+
+CPU_DDP = " On CPUs, train data-parallel instead: accelerate launch --multi_gpu --num_processes N"
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -30,7 +33,23 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     # "process 0 of 1", all writing the same run directory.
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     cpu = cfg.train.cpu or (launched and not torch.cuda.is_available())
-    return Accelerator(cpu=cpu, mixed_precision=precision, kwargs_handlers=[ddp])
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")  # launch --use_fsdp
+    try:
+        acc = Accelerator(cpu=cpu, mixed_precision=precision, kwargs_handlers=[ddp])
+    except RuntimeError as err:
+        if not fsdp:
+            raise
+        # accelerate's FSDP plugin refuses a machine without an accelerator (CUDA, XPU, ...)
+        raise MtfuseError(
+            f"FSDP (accelerate launch --use_fsdp) needs a GPU or another accelerator: {err}{CPU_DDP}"
+        ) from None
+    if fsdp and acc.distributed_type != DistributedType.FSDP:
+        # accelerate 1.x quietly runs DDP (or one process) when it cannot shard, e.g. on CPUs: never silently
+        raise MtfuseError(
+            f"FSDP was asked for (accelerate launch --use_fsdp), but accelerate would run "
+            f"{acc.distributed_type.value} here: it shards only on GPUs or other accelerators.{CPU_DDP}"
+        )
+    return acc
 
 
 def head_dropout(cfg: RunConfig, encoder: Any) -> float:
