@@ -290,6 +290,9 @@ class ModelConfig(Strict):
     pooling: Literal["pooler", "cls", "mean"] | None = None
     head_dropout: float | None = Field(None, ge=0.0, lt=1.0)  # default: the encoder's hidden_dropout_prob
     sharing: SharingConfig = Field(default_factory=SharingConfig)  # how tasks share the encoder
+    # generation tasks on an encoder-decoder checkpoint (T5, BART...): a copy of its decoder each (per_task)
+    # or one decoder for all, told apart by their task prefixes (shared: trained and merged with the encoder)
+    decoder: Literal["per_task", "shared"] = "per_task"
     # a run directory to start from: its encoder, and the heads of tasks with the same name and head spec
     # (``mtfuse.training.init_from``); name_or_path still gives the tokenizer and must match its vocabulary
     init_from: str | None = None

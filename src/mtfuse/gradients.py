@@ -82,9 +82,15 @@ def cosine_matrix(G: Tensor) -> Tensor:
     return C * (n > 0)[:, None] * (n > 0)[None, :]
 
 
+#: shared parameters that not every task reads: the pooler, and an encoder-decoder's shared decoder and LM
+#: head (``model.decoder: shared``: generation tasks only), named as in the checkpoint (T5, BART)
+NOT_EVERY_TASK = ("pooler", ".decoder.", ".lm_head.", "final_logits_bias")
+
+
 def last_shared_weight(named: list[tuple[str, nn.Parameter]]) -> nn.Parameter:
-    """The last weight matrix of the shared encoder (GradNorm's 'last shared layer'), pooler excluded."""
+    """The last weight matrix of the shared encoder that every task reads (GradNorm's 'last shared
+    layer'): the pooler and a shared seq2seq decoder excluded."""
     for name, p in reversed(named):
-        if p.ndim >= 2 and "pooler" not in name:
+        if p.ndim >= 2 and not any(part in name for part in NOT_EVERY_TASK):
             return p
     raise ValueError("no shared weight matrix found")

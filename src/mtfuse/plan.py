@@ -152,7 +152,22 @@ def _default_pooling(name_or_path: str) -> str:
 
 
 def check_encoder(cfg: RunConfig, encoder_config: Any) -> None:
-    """Checks that need the encoder's config (not its weights): sequence lengths within its positions."""
+    """Checks that need the encoder's config (not its weights): what an encoder-decoder checkpoint works
+    with, and sequence lengths within its positions."""
+    from mtfuse.model.seq2seq import is_seq2seq_config
+
+    seq2seq = is_seq2seq_config(encoder_config)
+    if cfg.model.decoder == "shared" and not seq2seq:
+        raise ConfigError(
+            f"model.decoder: 'shared' needs an encoder-decoder checkpoint (T5, BART, ...), and "
+            f"{cfg.model.name_or_path} (model type '{getattr(encoder_config, 'model_type', '?')}') is an "
+            "encoder: its generation tasks each warm-start their own decoder (use per_task)"
+        )
+    if seq2seq and cfg.model.sharing.method != "hard":
+        raise ConfigError(
+            f"model.sharing.method: '{cfg.model.sharing.method}' is not supported with an encoder-decoder "
+            f"checkpoint ({getattr(encoder_config, 'model_type', '?')}); use hard"
+        )
     limit = getattr(encoder_config, "max_position_embeddings", None)
     if limit is None:
         return

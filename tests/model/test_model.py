@@ -109,6 +109,7 @@ def test_head_registry_names() -> None:
         "multiple_choice",
         "regression",
         "seq2seq_decoder",
+        "seq2seq_lm",
         "span_qa",
         "srl",
         "token_classification",

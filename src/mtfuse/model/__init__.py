@@ -1,5 +1,6 @@
 """Encoder loading, task heads, the multi-task model (one encoder, one head per task) and sharing methods."""
 
+from mtfuse.model import seq2seq_head  # noqa: F401  (registers the seq2seq_lm head)
 from mtfuse.model.encoder import (
     DEFAULT_MODEL,
     load_encoder,

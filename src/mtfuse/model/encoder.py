@@ -67,6 +67,8 @@ def default_pooling(name_or_path: str) -> str:
     """
     if name_or_path == LSTM:
         return "mean"  # what the lstm encoder's pooler output is, and it works with every layer and sharing
+    if _is_seq2seq_checkpoint(name_or_path):
+        return "mean"  # an encoder-decoder's encoder has no pooler (and no [CLS] trained for one)
     modules = _checkpoint_file(name_or_path, "modules.json")
     if modules is None:
         return "pooler"
@@ -88,6 +90,18 @@ def default_pooling(name_or_path: str) -> str:
     if cfg.get("pooling_mode_cls_token"):
         return "cls"
     return "pooler"
+
+
+def _is_seq2seq_checkpoint(name_or_path: str) -> bool:
+    """Whether a checkpoint's config.json (local files only) is an encoder-decoder's (T5, BART...)."""
+    from mtfuse.model.seq2seq import is_seq2seq_config
+
+    path = _checkpoint_file(name_or_path, "config.json")
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8")) if path else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and is_seq2seq_config(raw)
 
 
 def _checkpoint_file(name_or_path: str, filename: str) -> str | None:
@@ -170,14 +184,47 @@ def _lstm_config(lstm: LstmConfig | None, tokenizer: PreTrainedTokenizerFast) ->
 
 
 def load_encoder_model(name_or_path: str) -> PreTrainedModel:
-    """The encoder alone (``AutoModel.from_pretrained``); errors as in :func:`load_encoder`."""
+    """The encoder alone (``AutoModel.from_pretrained``); errors as in :func:`load_encoder`. An
+    encoder-decoder checkpoint (T5, BART, ...: ``AutoModelForSeq2SeqLM``) loads whole, decoder included
+    (``mtfuse.model.seq2seq``: the tasks read its encoder stack, generation heads take its decoder)."""
+    from mtfuse.model import seq2seq
+
     if name_or_path == LSTM:
         raise MtfuseError("model 'lstm' has no stored weights: load_encoder builds it from model.lstm")
+    config = load_encoder_config(name_or_path)
     path = _check_source(name_or_path)
+    if getattr(config, "model_type", None) == "encoder-decoder":
+        raise MtfuseError(
+            f"could not load model '{name_or_path}': an EncoderDecoderModel checkpoint (two models glued "
+            "together, e.g. a BERT2BERT copy) is not a shared encoder; pass the encoder checkpoint it came "
+            "from, or an AutoModelForSeq2SeqLM checkpoint (T5, BART, ...)"
+        )
     try:
+        if seq2seq.is_seq2seq_config(config):
+            return seq2seq.load_pretrained(path, _offline())  # type: ignore[return-value]
         return AutoModel.from_pretrained(path, local_files_only=_offline())
     except Exception as e:  # transformers raises OSError, ValueError, KeyError... depending on the cause
         raise _load_error(name_or_path, path, "model", e) from e
+
+
+def load_saved_encoder(directory: str | os.PathLike[str], **kwargs: Any) -> PreTrainedModel:
+    """The encoder of a saved model directory (``MultiTaskModel.save``): ``AutoModel.from_pretrained`` (with
+    ``kwargs``), or for an encoder-decoder checkpoint the stack (and decoder, if it was saved) that
+    ``mtfuse.model.seq2seq`` reads. Errors name the directory."""
+    from transformers import AutoConfig
+
+    from mtfuse.model import seq2seq
+
+    directory = Path(directory)
+    try:
+        config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+        if seq2seq.is_seq2seq_config(config):
+            return seq2seq.load_saved(directory, config)  # type: ignore[return-value]
+        return AutoModel.from_pretrained(str(directory), **kwargs)
+    except MtfuseError:
+        raise
+    except Exception as e:  # transformers raises OSError, ValueError, RuntimeError... depending on the cause
+        raise MtfuseError(f"{directory}: could not load the encoder: {_first_line(e)}") from e
 
 
 def load_tokenizer(name_or_path: str, lstm: LstmConfig | None = None) -> PreTrainedTokenizerFast:

@@ -330,6 +330,21 @@ class Seq2SeqDecoderHead(nn.Module):
         view.config.pad_token_id = self.tokens["pad_token_id"]
         return view
 
+    def generation_tokens(self) -> dict[str, Any]:
+        """Decoding's special tokens, as ``transformers.GenerationConfig`` fields."""
+        return {
+            "decoder_start_token_id": self.tokens["start_token_id"],
+            "eos_token_id": self.tokens["eos_token_id"],
+            "pad_token_id": self.tokens["pad_token_id"],
+        }
+
+    def save_hf(self, encoder: nn.Module, directory: Any) -> None:
+        """Write the task's model as plain transformers loads it: ``EncoderDecoderModel.from_pretrained``."""
+        view = self.seq2seq_view(encoder)
+        for key, value in self.generation_tokens().items():
+            setattr(view.generation_config, key, value)
+        view.save_pretrained(directory)
+
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing:g}"
 

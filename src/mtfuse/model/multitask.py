@@ -15,10 +15,16 @@ the encoder's own pooler module to what the head reads.
 A saved model directory holds:
 
 - ``config.json`` + ``model.safetensors``: the encoder, loadable with plain ``AutoModel.from_pretrained``
-  (under adapters: the base encoder, without them)
+  (under adapters: the base encoder, without them). An encoder-decoder checkpoint (T5, BART...:
+  ``mtfuse.model.seq2seq``) keeps its own tensor names: its encoder stack, plus its decoder and LM head
+  when the generation tasks share them (``model.decoder: shared``; then ``AutoModelForSeq2SeqLM`` loads the
+  folder, ``generation_config.json`` included)
 - tokenizer files (when a tokenizer was given to :meth:`MultiTaskModel.save`)
 - ``heads.safetensors``: every head tensor, keyed ``"<task>.<parameter name>"``
 - ``heads.json``: ``{"format_version": 1, "heads": [HeadSpec as a dict, ...]}`` (``layer`` only when set)
+- ``hf/<task>/``: each generation task with its own decoder as plain transformers loads it
+  (``EncoderDecoderModel`` for a warm-started BERT decoder, ``AutoModelForSeq2SeqLM`` for T5 / BART...),
+  with the tokenizer files (hard sharing only: other methods change the encoder per task)
 - other than hard sharing: ``sharing.json`` (``{"format_version": 1, "method": ..., "params": {...}}``) and
   the method's tensors: ``sharing.safetensors`` (soft: per-task layer copies; mmoe: experts and gates) or
   ``adapters/<task>/`` (peft ``save_pretrained`` layout). A hard-sharing directory has neither: it is
@@ -40,10 +46,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mtfuse.errors import MtfuseError, where
-from mtfuse.model.encoder import load_tokenizer
+from mtfuse.model import seq2seq
+from mtfuse.model.encoder import load_saved_encoder, load_tokenizer
 from mtfuse.model.heads import build_head
 from mtfuse.model.lstm import is_lstm_config
 from mtfuse.model.sharing import SHARING_JSON, SHARING_WEIGHTS, Sharing, build_sharing
@@ -51,6 +58,7 @@ from mtfuse.model.sharing.adapters import ADAPTERS_DIR
 
 HEADS_JSON = "heads.json"
 HEADS_WEIGHTS = "heads.safetensors"
+HF_DIR = "hf"  # hf/<task>/: a generation task's model as plain transformers loads it
 FORMAT_VERSION = 1
 
 # Only these batch keys reach the encoder; labels and other collate extras stay out of its forward().
@@ -168,11 +176,15 @@ class MultiTaskModel(nn.Module):
             sharing = build_sharing(encoder, list(specs))
         elif set(sharing.tasks) != set(specs):
             raise MtfuseError(f"sharing tasks {sorted(sharing.tasks)} and head specs {sorted(specs)} differ")
+        if seq2seq.is_seq2seq(encoder) and not any(
+            getattr(h, "shared_decoder", False) for h in heads.values()
+        ):  # no head decodes with the shared module's decoder (their own copies were taken when built)
+            seq2seq.drop_decoder(encoder)
         self.encoder = encoder
         self.heads = heads
         self.sharing = sharing
         self.specs: dict[str, HeadSpec] = dict(specs)
-        params = inspect.signature(encoder.forward).parameters
+        params = inspect.signature(seq2seq.encoder_stack(encoder).forward).parameters
         self._encoder_inputs = tuple(k for k in ENCODER_INPUTS if k in params)
 
     @classmethod
@@ -203,9 +215,10 @@ class MultiTaskModel(nn.Module):
 
     def _encoder_pass(self, batch: Mapping[str, Tensor], hidden_states: bool) -> Any:
         inputs = {k: batch[k] for k in self._encoder_inputs if k in batch and batch[k] is not None}
+        encoder = seq2seq.encoder_stack(self.encoder)  # an encoder-decoder's encoder stack; else itself
         if hidden_states:
-            return self.encoder(**inputs, output_hidden_states=True, return_dict=True)
-        return self.encoder(**inputs, return_dict=True)
+            return encoder(**inputs, output_hidden_states=True, return_dict=True)
+        return encoder(**inputs, return_dict=True)
 
     def _features(
         self, task: str, out: Any, attention_mask: Tensor | None, cache: dict[str, Any]
@@ -334,6 +347,9 @@ class MultiTaskModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         encoder_state = self.sharing.encoder_state_dict()
+        for head in self.heads.values():  # the shared decoder's decoding tokens: generation_config.json
+            if getattr(head, "shared_decoder", False):
+                seq2seq.set_generation_tokens(self.encoder, head.generation_tokens())
         if encoder_state is None:
             self.encoder.save_pretrained(directory)
         else:  # e.g. the base encoder without the adapters peft injected into it
@@ -346,13 +362,32 @@ class MultiTaskModel(nn.Module):
         os.replace(tmp, weights)
         for stale in (SHARING_JSON, SHARING_WEIGHTS):  # from an earlier save into this directory
             (directory / stale).unlink(missing_ok=True)
-        if (directory / ADAPTERS_DIR).is_dir():
-            shutil.rmtree(directory / ADAPTERS_DIR)
+        for stale_dir in (ADAPTERS_DIR, HF_DIR):
+            if (directory / stale_dir).is_dir():
+                shutil.rmtree(directory / stale_dir)
+        if self.sharing.method == "hard":
+            self.save_hf(directory / HF_DIR, tokenizer)
         if self.sharing.method != "hard":
             self.sharing.save(directory)
             _write_atomic(directory / SHARING_JSON, json.dumps(self.sharing.describe(), indent=2) + "\n")
         meta = {"format_version": FORMAT_VERSION, "heads": [s.to_dict() for s in self.specs.values()]}
         _write_atomic(directory / HEADS_JSON, json.dumps(meta, indent=2) + "\n")
+
+    def save_hf(self, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> list[str]:
+        """Write ``directory/<task>/`` for every task whose head has its own decoder (``save_hf``): the task's
+        encoder-decoder as plain transformers loads it (``EncoderDecoderModel`` or
+        ``AutoModelForSeq2SeqLM.from_pretrained``, then ``generate``; a source needs the task's prefix), with
+        the tokenizer. A decoder the tasks share is the model directory itself. Returns the tasks written."""
+        written = []
+        for task, head in self.heads.items():
+            if not hasattr(head, "save_hf") or getattr(head, "shared_decoder", False):
+                continue
+            target = Path(directory) / task
+            head.save_hf(self.encoder, target)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(target)
+            written.append(task)
+        return written
 
     @classmethod
     def load(
@@ -373,11 +408,7 @@ class MultiTaskModel(nn.Module):
             raise MtfuseError(f"{weights_path}: missing (a model directory needs {HEADS_WEIGHTS})")
         if not (directory / "config.json").is_file():
             raise MtfuseError(f"{directory / 'config.json'}: missing (the encoder's Hugging Face config)")
-        try:
-            encoder = AutoModel.from_pretrained(str(directory))
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MtfuseError(f"{directory}: could not load the encoder: {msg}") from e
+        encoder = load_saved_encoder(directory)
         try:  # e.g. an unknown head or pooling name, or a layer this encoder does not have, in heads.json
             heads = _new_heads(encoder, specs)
             _check_layers(encoder, specs)

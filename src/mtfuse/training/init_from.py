@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from transformers import AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
 
 from mtfuse import rundir
 from mtfuse.errors import ConfigError, MtfuseError
 from mtfuse.model import SHARING_JSON, HeadSpec, MultiTaskModel, load_tokenizer, read_head_specs
-from mtfuse.model.encoder import ARCH_KEYS
+from mtfuse.model.encoder import ARCH_KEYS, load_saved_encoder
 
 #: what makes two heads the same head: a head trained with other labels (or another type) is not reused
 HEAD_KEYS = ("task_type", "head", "labels", "num_outputs", "pooling", "layer", "decoder", "lm_head")
@@ -66,13 +66,7 @@ def read_init_source(run_dir: str | Path, field: str = "model.init_from") -> Ini
 
 def load_init_encoder(source: InitSource, pretrained_config: Any, tokenizer: Any) -> PreTrainedModel:
     """The source's encoder, after checking that it fits ``model.name_or_path`` (architecture, vocabulary)."""
-    try:
-        encoder = AutoModel.from_pretrained(
-            str(source.model_dir), use_safetensors=True, local_files_only=True
-        )
-    except Exception as e:  # transformers raises OSError, ValueError, RuntimeError... depending on the cause
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise MtfuseError(f"{source.model_dir}: could not load the encoder: {first}") from e
+    encoder = load_saved_encoder(source.model_dir, use_safetensors=True, local_files_only=True)
     for key in ARCH_KEYS:
         ours, theirs = getattr(pretrained_config, key, None), getattr(encoder.config, key, None)
         if ours != theirs:
@@ -139,4 +133,11 @@ def load_init_heads(model: MultiTaskModel, source: InitSource) -> list[str]:
         with torch.no_grad():
             head.load_state_dict(state, strict=True)  # copies into the head's dtype and device
         loaded.append(task)
+    for task, head in model.heads.items():
+        if task not in loaded and getattr(head, "warm_started", True) is False:
+            raise ConfigError(
+                f"model.init_from: task '{task}': its head starts from the pretrained checkpoint's decoder, "
+                f"but {source.model_dir} keeps decoders in its task heads (model.decoder: per_task) and has "
+                "no such task; start from model.name_or_path, or from a run with this task"
+            )
     return loaded

@@ -77,8 +77,9 @@ def head_specs(
                 "labels": t.labels,
                 "layer": t.cfg.layer,
                 **t.type.head_options(t.gold["train"]),
-                # fields that need the encoder / tokenizer (a decoder's config, its vocabulary size)
-                **t.type.head_config(t, encoder_config, tokenizer),
+                # fields that need the encoder / tokenizer (a decoder's config, its vocabulary size; a type
+                # may also name another head, as an encoder-decoder checkpoint's own decoder)
+                **t.type.head_config(t, encoder_config, tokenizer, cfg.model),
             }
         )
         for name, t in tasks.items()

@@ -38,13 +38,12 @@ from pydantic import BaseModel
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import AutoModel
 
 from mtfuse.config import RunConfig
 from mtfuse.errors import DataError, MtfuseError
 from mtfuse.evaluate import evaluate_tasks
 from mtfuse.metrics import aggregate
-from mtfuse.model.encoder import load_tokenizer
+from mtfuse.model.encoder import load_saved_encoder, load_tokenizer
 from mtfuse.model.multitask import HEADS_JSON, HEADS_WEIGHTS, MultiTaskModel, read_head_specs
 from mtfuse.model.sharing import SHARING_JSON
 from mtfuse.registry import Registry
@@ -263,7 +262,7 @@ def build_model(inputs: list[MergeInput], head_from: dict[str, int], device: tor
     """The encoder architecture of the first input (weights to be replaced) + ``heads[t]`` of input
     ``head_from[t]`` for every task, in eval mode on ``device``."""
     first = inputs[min(head_from.values(), default=0)]
-    encoder = AutoModel.from_pretrained(str(first.model_dir))
+    encoder = load_saved_encoder(first.model_dir)
     specs = {t: read_head_specs(inputs[i].model_dir / HEADS_JSON)[t] for t, i in head_from.items()}
     with torch.random.fork_rng(devices=[]):  # fresh heads draw random numbers; keep the caller's RNG state
         model = MultiTaskModel.build(encoder, specs)

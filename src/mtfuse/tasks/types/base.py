@@ -88,9 +88,11 @@ class TaskType:
         """Head spec fields computed from the encoded train labels (regression: the targets' scale)."""
         return {}
 
-    def head_config(self, task: Any, encoder_config: Any, tokenizer: Any) -> dict[str, Any]:
-        """Head spec fields that depend on the encoder and the tokenizer (a decoder's config and special
-        tokens); none by default."""
+    def head_config(
+        self, task: Any, encoder_config: Any, tokenizer: Any, model: Any = None
+    ) -> dict[str, Any]:
+        """Head spec fields that depend on the encoder, the tokenizer and the ``model`` config section (a
+        decoder's config and special tokens; ``model.decoder``); none by default."""
         return {}
 
     def describe(self, task: Any, split: str) -> dict[str, Any]:

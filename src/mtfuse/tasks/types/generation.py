@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from mtfuse.batching import pad_inputs
-from mtfuse.errors import DataError, MtfuseError
+from mtfuse.errors import ConfigError, DataError, MtfuseError
 from mtfuse.tasks.types.base import IGNORE_INDEX, TaskType, register
 
 METRICS_ALLOWED = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "distinct1", "distinct2", "gen_len")
@@ -46,10 +46,14 @@ def settings(task: Any) -> Any:
 
 def special_tokens(tokenizer: Any) -> dict[str, int]:
     """Start, end and padding ids of the target side: BERT's [CLS] / [SEP] / [PAD] (as the BERT2BERT models
-    of Rothe et al. use them), else the tokenizer's BOS (or padding, as T5) / EOS / padding."""
-    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    of Rothe et al. use them), else (an encoder-decoder's tokenizer: T5, BART) the padding token / EOS /
+    padding. The start token is cut from the front of a tokenised target; an encoder-decoder's targets keep
+    every token its tokenizer gives them (BART's ``<s>``, as transformers' seq2seq fine-tuning does) and its
+    decoder starts with the model's own ``decoder_start_token_id`` (``mtfuse.model.seq2seq_head``)."""
+    bert = tokenizer.cls_token_id is not None and tokenizer.bos_token_id is None  # BART's <s> is both
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    start = tokenizer.cls_token_id if bert else pad
+    eos = tokenizer.sep_token_id if bert else tokenizer.eos_token_id
     if eos is None:
         raise MtfuseError(
             "generation: the tokenizer has no end token (sep or eos); cannot mark a target's end"
@@ -115,23 +119,46 @@ class Generation(TaskType):
     def num_outputs(self, vocab: list[str] | None) -> int:
         return 1  # the vocabulary size comes with the decoder (head_config)
 
-    def head_config(self, task: Any, encoder_config: Any, tokenizer: Any) -> dict[str, Any]:
-        """The decoder: the encoder's own config as a BERT decoder with cross-attention (warm-started from
-        the encoder's weights when the model is built), the target's special tokens and the label smoothing."""
+    def head_config(
+        self, task: Any, encoder_config: Any, tokenizer: Any, model: Any = None
+    ) -> dict[str, Any]:
+        """The decoder. An encoder-decoder checkpoint (T5, BART, ...): its own pretrained decoder and LM head
+        (head ``seq2seq_lm``; ``model.decoder``: one per task, or ``shared`` by every generation task) with
+        its decoding tokens. A BERT encoder: the encoder's own config as a BERT decoder with cross-attention
+        (warm-started from the encoder's weights when the model is built), one per task. Both with the
+        target's label smoothing."""
+        from mtfuse.model.seq2seq import generation_tokens, is_seq2seq_config
+
         if encoder_config is None or tokenizer is None:
             raise MtfuseError(
                 f"task '{task.name}': a generation head needs the encoder's config and tokenizer"
             )
+        mode = getattr(model, "decoder", "per_task") if model is not None else "per_task"
+        config = encoder_config.to_dict()
+        for key in ("architectures", "_name_or_path", "transformers_version"):
+            config.pop(key, None)
+        if is_seq2seq_config(encoder_config):
+            decoder = {
+                "arch": "seq2seq",
+                "shared": mode == "shared",
+                "config": config,
+                "generation": generation_tokens(encoder_config),
+                "label_smoothing": settings(task).label_smoothing,
+            }
+            return {"head": "seq2seq_lm", "num_outputs": int(encoder_config.vocab_size), "decoder": decoder}
         if getattr(encoder_config, "model_type", "") != "bert":
             raise MtfuseError(
                 f"task '{task.name}': generation warm-starts a BERT decoder from the encoder, but the encoder of "
                 f"model.name_or_path (model type '{getattr(encoder_config, 'model_type', '?')}') is not a BERT "
-                "encoder (BERT / MiniLM checkpoints such as the packaged default work; encoder-decoder "
-                "checkpoints (T5, BART) and the from-scratch lstm encoder are not supported)"
+                "encoder (BERT / MiniLM checkpoints such as the packaged default work, and encoder-decoder "
+                "checkpoints (T5, BART, ...) bring their own decoder; the from-scratch lstm encoder is not "
+                "supported)"
             )
-        config = encoder_config.to_dict()
-        for key in ("architectures", "_name_or_path", "transformers_version"):
-            config.pop(key, None)
+        if mode == "shared":
+            raise ConfigError(
+                "model.decoder: 'shared' needs an encoder-decoder checkpoint (T5, BART, ...); the decoders "
+                "warm-started from a BERT encoder are one per task (use per_task)"
+            )
         decoder = {
             "arch": "bert",
             "config": {**config, "is_decoder": True, "add_cross_attention": True},
@@ -257,9 +284,7 @@ class Generation(TaskType):
         tok = enc.extra["tokenizer"]
         view = head.seq2seq_view(core.encoder)
         gc = GenerationConfig(
-            decoder_start_token_id=head.tokens["start_token_id"],
-            eos_token_id=head.tokens["eos_token_id"],
-            pad_token_id=head.tokens["pad_token_id"],
+            **head.generation_tokens(),  # the decoder's own start, end, padding (and forced) tokens
             max_new_tokens=gen.max_new_tokens,
             num_beams=gen.num_beams,
             length_penalty=gen.length_penalty,

@@ -71,7 +71,9 @@ class MaskedLM(TaskType):
     def num_outputs(self, vocab: list[str] | None) -> int:
         return 1  # the vocabulary size comes with the encoder (head_config)
 
-    def head_config(self, task: Any, encoder_config: Any, tokenizer: Any) -> dict[str, Any]:
+    def head_config(
+        self, task: Any, encoder_config: Any, tokenizer: Any, model: Any = None
+    ) -> dict[str, Any]:
         """The vocabulary size (the decoder is the encoder's word embeddings) and the transform's activation
         and LayerNorm epsilon, the encoder's own (as ``BertPredictionHeadTransform`` takes them)."""
         if encoder_config is None or tokenizer is None:
