@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.helpers.multilingual import build_tiny_mbert, build_tiny_xlmr
+from tests.helpers.seq2seq import build_tiny_bart, build_tiny_t5
 from tests.helpers.tiny import build_tiny_bert
 
 
@@ -30,6 +31,20 @@ def tiny_mbert_dir(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Pa
     """A 2-layer, hidden-32 random BERT with a cased WordPiece tokenizer trained on English and German shared
     data, as multilingual BERT (``tests.helpers.multilingual``)."""
     return build_tiny_mbert(tmp_path_factory.mktemp("tiny_mbert"), shared_data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -> Path:
+    """A 2-layer, d_model-32 random T5 (``T5ForConditionalGeneration``) with a Unigram tokenizer trained on
+    English and German shared data (``tests.helpers.seq2seq``)."""
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny_t5"), shared_data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_bart_dir(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -> Path:
+    """A 2-layer, d_model-32 random BART (``BartForConditionalGeneration``) with a byte-level BPE tokenizer
+    trained on English and German shared data (``tests.helpers.seq2seq``)."""
+    return build_tiny_bart(tmp_path_factory.mktemp("tiny_bart"), shared_data_dir)
 
 
 @pytest.fixture
