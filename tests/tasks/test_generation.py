@@ -12,6 +12,7 @@ import pytest
 import sacrebleu
 import torch
 from rouge_score import rouge_scorer
+from transformers import AutoTokenizer, EncoderDecoderModel
 
 from mtfuse.config import DataConfig, GenerationConfig, RunConfig
 from mtfuse.errors import DataError
@@ -115,6 +116,14 @@ def test_loss_falls_decoding_returns_text_and_the_model_round_trips(
     again, _ = MultiTaskModel.load(tmp_path / "model")
     texts2, _ = predict_encoded(again, t, t.splits["dev"], 2, dev, tok.pad_token_id)
     assert texts2 == texts
+    # model/hf/mt: the BERT2BERT model as plain transformers loads it, decoding greedily as mtfuse does
+    hf_dir = tmp_path / "model" / "hf" / "mt"
+    plain = EncoderDecoderModel.from_pretrained(hf_dir).eval()
+    plain_tok = AutoTokenizer.from_pretrained(hf_dir)
+    x = plain_tok([s for s, _ in PAIRS], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = plain.generate(input_ids=x.input_ids, attention_mask=x.attention_mask, max_new_tokens=8)
+    assert [s.strip() for s in plain_tok.batch_decode(out, skip_special_tokens=True)] == texts
 
 
 def test_sampling_is_seeded(tmp_path: Path, tiny_model_dir: Path) -> None:
