@@ -27,6 +27,7 @@ from mtfuse.errors import MtfuseError
 OWNER = ".mtfuse.json"  # which command wrote this directory
 CONFIG = "config.yaml"  # the resolved run config (defaults included)
 MODEL = "model"  # encoder (save_pretrained form) + heads.safetensors + heads.json + tokenizer files
+HF = "hf"  # model/hf/<task>/: a generation task's own encoder-decoder, as plain transformers loads it
 HEADS_JSON = "heads.json"
 HEADS_WEIGHTS = "heads.safetensors"
 METRICS = "metrics.json"  # dev metrics at the end of train / merge / ensemble

@@ -48,6 +48,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mtfuse import rundir
 from mtfuse.errors import MtfuseError, where
 from mtfuse.model import seq2seq
 from mtfuse.model.encoder import load_saved_encoder, load_tokenizer
@@ -58,7 +59,7 @@ from mtfuse.model.sharing.adapters import ADAPTERS_DIR
 
 HEADS_JSON = "heads.json"
 HEADS_WEIGHTS = "heads.safetensors"
-HF_DIR = "hf"  # hf/<task>/: a generation task's model as plain transformers loads it
+HF_DIR = rundir.HF  # hf/<task>/: a generation task's model as plain transformers loads it
 FORMAT_VERSION = 1
 
 # Only these batch keys reach the encoder; labels and other collate extras stay out of its forward().
