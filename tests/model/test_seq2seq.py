@@ -159,6 +159,10 @@ def test_the_checkpoints_own_decoder_memorises_pairs_and_round_trips(
     _fit(model, tasks, tok, 150)
     texts = _decode(model, tasks["mt"], tok)
     assert texts == GERMAN
+    beam_cfg = _cfg(tmp_path, model_dir, [{**_gen("mt", tmp_path / "mt"), "generation": {"num_beams": 3}}])
+    beam_task = prepare_tasks(beam_cfg, tok, ["dev"])["mt"]
+    beam = _decode(model, beam_task, tok)  # beam search through the checkpoint's generate
+    assert len(beam) == len(GERMAN) and all(isinstance(x, str) and x for x in beam)
 
     model.save(tmp_path / "model", tok)
     stored = tmp_path / "model"

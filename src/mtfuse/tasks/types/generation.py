@@ -1,14 +1,18 @@
 """Sequence-to-sequence generation (translation, summarisation, dialogue): source text -> target text.
 
-The shared encoder reads the source; the task's head is a decoder (``seq2seq_decoder`` in
-``mtfuse.model.heads``: a BERT decoder with cross-attention, warm-started from the encoder's checkpoint as in
-Rothe, Narayan & Severyn 2020). The type leaves the generic path through every hook of the contract:
+The shared encoder reads the source; the task's head is a decoder: ``seq2seq_decoder`` in
+``mtfuse.model.heads`` (a BERT decoder with cross-attention, warm-started from the encoder's checkpoint as in
+Rothe, Narayan & Severyn 2020), or, when the shared encoder is an encoder-decoder checkpoint (T5, BART...),
+``seq2seq_lm`` in ``mtfuse.model.seq2seq_head`` (the checkpoint's own decoder and LM head, per task or shared
+by every generation task: ``model.decoder``). The type leaves the generic path through every hook of the
+contract:
 
 - ``encode_rows``: the source (its text fields; a list of strings, as SciTLDR's sentences, is joined) with an
   optional T5-style task prefix, cut at ``max_length``; the target tokenised by the same tokenizer, cut at
   ``generation.max_target_length``, kept in ``Encoded.extra["targets"]`` without its start token.
 - ``collate``: ``decoder_input_ids`` = the target shifted right behind the start token ([CLS] for BERT),
-  ``labels`` = the target padded with -100.
+  ``labels`` = the target padded with -100 (an encoder-decoder's head shifts the labels itself, behind the
+  model's own ``decoder_start_token_id``).
 - ``loss``: token-level cross-entropy averaged over every target token of the batch, with label smoothing
   (``generation.label_smoothing``; Szegedy et al. 2016).
 - ``predict_split``: decoding with transformers ``generate`` (greedy, beam search, top-k / top-p sampling,
