@@ -368,7 +368,7 @@ class MultiTaskModel(nn.Module):
                 shutil.rmtree(directory / stale_dir)
         if self.sharing.method == "hard":
             self.save_hf(directory / HF_DIR, tokenizer)
-        if self.sharing.method != "hard":
+        else:
             self.sharing.save(directory)
             _write_atomic(directory / SHARING_JSON, json.dumps(self.sharing.describe(), indent=2) + "\n")
         meta = {"format_version": FORMAT_VERSION, "heads": [s.to_dict() for s in self.specs.values()]}
@@ -383,7 +383,7 @@ class MultiTaskModel(nn.Module):
         for task, head in self.heads.items():
             if not hasattr(head, "save_hf") or getattr(head, "shared_decoder", False):
                 continue
-            target = Path(directory) / task
+            target = rundir.inside(Path(directory), task)
             head.save_hf(self.encoder, target)
             if tokenizer is not None:
                 tokenizer.save_pretrained(target)
