@@ -169,6 +169,12 @@ def predict(
     ),
     output: Path = typer.Option(..., "--output", help="JSONL with labels and probabilities"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output file"),
+    precision: str = typer.Option(
+        "fp32",
+        "--precision",
+        help="fp32; bf16 (autocast: ~1.8x on a CPU with native bf16, a few labels may change); "
+        "auto (bf16 on such a CPU for label decisions, else fp32)",
+    ),
     overrides: list[str] = OVERRIDES,
 ) -> None:
     """Predict labels (and probabilities) for new inputs; overrides change settings such as decoding
@@ -185,9 +191,9 @@ def predict(
     if is_ensemble_dir(run_dir):
         from mtfuse.fusion.ensemble import EnsemblePredictor
 
-        recs = EnsemblePredictor(run_dir).predict_file(task, input)
+        recs = EnsemblePredictor(run_dir, precision=precision).predict_file(task, input)
     else:
-        recs = Predictor(run_dir, overrides=overrides or []).predict_file(task, input)
+        recs = Predictor(run_dir, overrides=overrides or [], precision=precision).predict_file(task, input)
     write_jsonl(output, recs)
     console.print(f"wrote {len(recs)} predictions to {output}")
 
@@ -603,6 +609,7 @@ def serve(
     max_body_bytes: int = typer.Option(1_000_000, help="request body size; past it: 413"),
     backend: str = typer.Option("torch", help="torch | onnx | onnx-int8 (onnx: needs `mtfuse export` first)"),
     device: str = typer.Option(None, help="torch device (default: cuda if available)"),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 | auto (as `mtfuse predict --precision`)"),
     threads: int = typer.Option(None, help="CPU threads of the model (default: torch's)"),
 ) -> None:
     """Serve predictions over HTTP: POST /v1/predict, /v1/predict_all; GET /v1/tasks, /health, /ready,
@@ -619,6 +626,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         backend=backend,
         device=device,
+        precision=precision,
         threads=threads,
     )
     serve_command(run_dir, settings, log=lambda m: console.print(m, markup=False, highlight=False))

@@ -51,6 +51,7 @@ class ServeSettings:
     max_text_chars: int = 20_000  # characters per input (all its fields); more: 413
     backend: str = "torch"
     device: str | None = None
+    precision: str = "fp32"  # mtfuse.predict.PRECISIONS
     threads: int | None = None  # torch / onnxruntime intra-op threads (default: torch's)
     retry_after_s: int = 1
     graceful_shutdown_s: float = 30.0
@@ -66,9 +67,10 @@ class ServeSettings:
             raise MtfuseError(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}")
         if not 0 <= self.port <= 65535:
             raise MtfuseError(f"--port must be 0..65535, got {self.port}")
-        from mtfuse.predict import check_backend
+        from mtfuse.predict import check_backend, check_precision
 
         check_backend(self.backend)
+        check_precision(self.precision)
         return self
 
 
@@ -656,7 +658,11 @@ def serve_command(run_dir: Path, settings: ServeSettings, log: Callable[[str], N
         raise MtfuseError(f"cannot serve on {settings.host}:{settings.port}: {e.strerror or e}") from None
     try:
         predictor = load_predictor(
-            run_dir, settings.backend, settings.device, batch_size=max(settings.max_batch, 64)
+            run_dir,
+            settings.backend,
+            settings.device,
+            batch_size=max(settings.max_batch, 64),
+            precision=settings.precision,
         )
         app = create_app(predictor, settings)
     except BaseException:

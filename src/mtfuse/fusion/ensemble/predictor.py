@@ -22,6 +22,7 @@ class EnsemblePredictor:
         device: str | None = None,
         batch_size: int = 64,
         backend: str = "torch",
+        precision: str = "fp32",
     ) -> None:
         self.dir = Path(ensemble_dir)
         if not is_ensemble_dir(self.dir):
@@ -32,6 +33,7 @@ class EnsemblePredictor:
             if not p.is_dir():
                 raise MtfuseError(f"{self.dir / rundir.ENSEMBLE}: member run directory {p} not found")
         self.device, self.batch_size, self.backend = device, batch_size, backend
+        self.precision = precision  # each member's (``mtfuse.predict.PRECISIONS``)
         self._predictors: dict[int, Any] = {}
 
     @property
@@ -45,7 +47,11 @@ class EnsemblePredictor:
             path = self.members[i]
             cls = EnsemblePredictor if is_ensemble_dir(path) else Predictor
             self._predictors[i] = cls(
-                path, device=self.device, batch_size=self.batch_size, backend=self.backend
+                path,
+                device=self.device,
+                batch_size=self.batch_size,
+                backend=self.backend,
+                precision=self.precision,
             )
         return self._predictors[i]
 
