@@ -18,16 +18,23 @@ any precision check meaningless); the encoder is MiniLM's own. The same weights 
 ``AutoModelForSequenceClassification`` saved with its tokenizer. Then, on the same SST-2 dev sentences (text
 in, a probability per label out; loading not timed):
 
-- ``mtfuse``: ``Predictor(run_dir).predict_rows`` (what ``mtfuse predict`` runs on a file), its defaults;
+- ``mtfuse``: ``Predictor(run_dir).predict_rows`` (what ``mtfuse predict`` runs on a file), its defaults
+  (fp32, batch 64, length-sorted batches, inference mode); on a CPU with native bf16 also
+  ``Predictor(run_dir, precision="bf16")``;
 - ``pipeline``: ``pipeline("text-classification", model=dir)(texts, top_k=None)`` at its default batch size
   (1) and at the common one (``--batch-size``);
 - ``Trainer.predict``: tokenise (``truncation=True``) + ``Trainer(model, args, processing_class=tokenizer)
   .predict`` + softmax, at the Trainer's default eval batch size (8) and at the common one.
 
 Every arm's argmax and probabilities are compared with the fp32 reference (Trainer.predict at batch 8).
-Arms alternate (the order rotates each repeat); figures are medians over ``--repeats``.
+Arms alternate (the order rotates each repeat); figures are medians over ``--repeats``; wall time is the
+headline, process CPU time (one torch thread: leaves out the time other jobs held the core) is beside it.
 
-    .venv/bin/python benchmarks/inference_tasks.py                 # ~15 min on 2 busy cores
+**(c) bf16 on trained runs** (``--agreement-runs RUN:TASK,...``): ``Predictor`` in fp32 and in bf16 on the
+task's whole dev split: how many labels change, accuracy, speed. A linear probe is one model; whether bf16
+keeps a model's labels depends on how many of its examples sit near a tie.
+
+    .venv/bin/python benchmarks/inference_tasks.py --repeats 5     # ~15 min on 2 busy cores
     .venv/bin/python benchmarks/inference_tasks.py --quick         # a minute: T = 1, 2, few sentences
 """
 
@@ -444,6 +451,13 @@ def measure_predict(args: argparse.Namespace) -> dict[str, Any]:
     ratios = {
         name: round(statistics.median(x[mt] / x[name] for x in reps), 3) for name in names if name != mt
     }
+    baselines = [n for n in names if arms[n][0] != "mtfuse"]
+    # the bf16 Predictor against the same baselines (per repeat, then the median, as for the default)
+    ratios_bf16 = (
+        {n: round(statistics.median(x[MT16] / x[n] for x in reps), 3) for n in baselines}
+        if MT16 in arms
+        else None
+    )
     ratios_cpu = {
         name: round(
             statistics.median(
@@ -454,7 +468,6 @@ def measure_predict(args: argparse.Namespace) -> dict[str, Any]:
         for name in names
         if name != mt
     }
-    baselines = [n for n in names if arms[n][0] != "mtfuse"]
     return {
         "settings": {
             "inputs": f"SST-2 dev, {len(texts)} sentences",
@@ -469,6 +482,7 @@ def measure_predict(args: argparse.Namespace) -> dict[str, Any]:
         "arms": table,
         "ratios_mtfuse_over": ratios,
         "ratios_cpu_time_mtfuse_over": ratios_cpu,
+        "ratios_bf16_mtfuse_over": ratios_bf16,
         "goal_ratio": GOAL_PREDICT,
         "goal_met": all(ratios[n] >= GOAL_PREDICT for n in baselines),
         # the same work: every fp32 arm gives the reference's labels and probabilities (bf16 is reported apart)
@@ -540,6 +554,27 @@ def measure_agreement(args: argparse.Namespace) -> list[dict[str, Any]]:
 # -------------------------------------------------------------------------------------------------- main
 
 
+def predict_summary(b: dict[str, Any]) -> list[str]:
+    """(b)'s lines of the summary, from its part of the results JSON."""
+    lines = []
+    for name, ratio in b["ratios_mtfuse_over"].items():
+        if name != MT16:
+            lines.append(f"Predictor / {name}: {ratio:.2f}x (goal 1.5x {GOAL[ratio >= GOAL_PREDICT]})")
+    mt = b["arms"]["mtfuse Predictor (default)"]
+    lines.append(
+        f"Predictor ({b['settings']['mtfuse_precision']}): {mt['samples_per_second']:.1f} samples/s, argmax "
+        f"agreement with fp32 {100 * mt['argmax_agreement_with_reference']:.2f}%"
+    )
+    if b.get("ratios_bf16_mtfuse_over"):
+        bf = b["arms"][MT16]
+        lines.append(
+            f"Predictor (bf16): {bf['samples_per_second']:.1f} samples/s, "
+            + ", ".join(f"{r:.2f}x {n}" for n, r in b["ratios_bf16_mtfuse_over"].items())
+            + f"; argmax agreement with fp32 {100 * bf['argmax_agreement_with_reference']:.2f}%"
+        )
+    return lines
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -599,14 +634,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("(b) Predictor vs pipeline and Trainer.predict", flush=True)
         b = measure_predict(args)
         result["predict"] = b
-        for name, ratio in b["ratios_mtfuse_over"].items():
-            goal = "" if name == MT16 else f" (goal 1.5x {GOAL[ratio >= GOAL_PREDICT]})"
-            summary.append(f"Predictor / {name}: {ratio:.2f}x{goal}")
-        mt = b["arms"]["mtfuse Predictor (default)"]
-        summary.append(
-            f"Predictor ({b['settings']['mtfuse_precision']}): {mt['samples_per_second']:.1f} samples/s, argmax "
-            f"agreement with fp32 {100 * mt['argmax_agreement_with_reference']:.2f}%"
-        )
+        summary += predict_summary(b)
     if args.agreement_runs:
         print("(c) Predictor bf16 vs fp32 on trained runs", flush=True)
         result["bf16_on_trained_runs"] = c = measure_agreement(args)
