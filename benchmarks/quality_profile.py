@@ -18,8 +18,9 @@ Four steps, each resumable (a run that already has its output is kept):
                              merge of those fine-tuned encoders, when this mtfuse has `finetune`;
                merged        the single-task runs merged: task arithmetic and TIES (hyperparameters searched on
                              train-holdout), RegMean (data-dependent);
-               ensembled     per task, the single-task run and the multi-task runs: a Caruana ensemble and a
-                             stack (both tuned and scored out-of-fold on dev, as `mtfuse ensemble` does);
+               ensembled     per task, the single-task run and the multi-task runs: a Caruana ensemble, a
+                             weighted ensemble (weights by the log-loss) and a stack (all tuned and scored
+                             out-of-fold on dev, as `mtfuse ensemble` does);
              then `mtfuse compare` of everything -> results/quality_profile-s<SEED>.json, and `mtfuse report`
              -> runs/quality/s<SEED>/report/report.html.
     merges   every merge method at its defaults on one seed's single-task runs (issue 13's table) ->
@@ -89,6 +90,15 @@ MTL_ARMS = {  # name -> overrides
     "mtl-uncertainty": ["weighting.method=uncertainty"],
     "mtl-pcgrad": ["weighting.method=pcgrad", "train.step_mode=joint"],
 }
+# per task, over the single-task run and the multi-task runs (and MT-DNN's): folder prefix -> command. Caruana
+# selects with replacement by the task's metric; weighted NLL fits weights by the log-loss, a proper scoring
+# rule, smoother on small dev folds (RTE has 277 examples). Both tuned and scored out-of-fold on dev.
+ENSEMBLES = {
+    "ens": ["ensemble", "--method", "caruana"],
+    "ensnll": ["ensemble", "--method", "weighted_nll"],
+    "stack": ["stack"],
+}
+ENSEMBLE_SYSTEMS = {"ens": "ensemble (caruana)", "ensnll": "ensemble (weighted nll)", "stack": "stack"}
 MERGES = {  # name -> merge arguments
     "merge-ta": ["--method", "task_arithmetic", "--search-space", "scale=[0.3,0.5,0.7,1.0]"],
     "merge-ties": ["--method", "ties", "--search-space", "scale=[0.5,1.0,1.5] density=[0.2,0.5]"],
@@ -342,7 +352,7 @@ def run(args: argparse.Namespace, profile: Profile = CPU) -> None:
         systems.append(mtl[name])
     for t in TASKS:
         members = [st[t], *mtl.values(), *([finetuned[t]] if t in finetuned else [])]
-        for kind, cmd in (("ens", ["ensemble", "--method", "caruana"]), ("stack", ["stack"])):
+        for kind, cmd in ENSEMBLES.items():
             out = work / f"{kind}-{t}"
             if not same_members(out, members):
                 cli(
@@ -409,8 +419,9 @@ def system_name(entry: dict[str, Any]) -> str:
     parent = Path(entry["path"]).parent.name
     if name.startswith("st-"):
         return "single-task"
-    if name.startswith(("ens-", "stack-")):
-        return "ensemble (caruana)" if name.startswith("ens-") else "stack"
+    kind = name.split("-")[0]
+    if kind in ENSEMBLE_SYSTEMS and name != kind:
+        return ENSEMBLE_SYSTEMS[kind]
     if parent == "mtdnn":
         return "mt-dnn merged" if name == "merged" else "mt-dnn"
     return name
@@ -721,7 +732,8 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if merges:
         b = max(merges, key=lambda n: merges[n])
         out["best_merge"] = {"system": b, "normalised": merges[b], "goal": ">= 92"}
-    if "ensemble (caruana)" in by:
+    tuned = [n for n in (ENSEMBLE_SYSTEMS["ens"], ENSEMBLE_SYSTEMS["ensnll"]) if n in by]
+    if tuned:
         member_best = {
             t: max(
                 by[n]["tasks"][t]["mean"]
@@ -730,12 +742,13 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
             )
             for t in TASKS
         }
-        gain = statistics.fmean(by["ensemble (caruana)"]["tasks"][t]["mean"] - member_best[t] for t in TASKS)
         out["ensemble_over_best_member"] = {
-            "points": gain,
-            "goal": ">= +0.5",
-            "note": "ensemble out-of-fold on dev; members on the whole dev set",
+            n: statistics.fmean(by[n]["tasks"][t]["mean"] - member_best[t] for t in TASKS) for n in tuned
         }
+        out["ensemble_over_best_member"].update(
+            goal=">= +0.5",
+            note="ensembles out-of-fold on dev; the best member of each task chosen on the whole dev set",
+        )
     return out
 
 

@@ -21,6 +21,7 @@ SYSTEMS = {  # every row of the profile's table
     "merge-ties",
     "merge-regmean",
     "ensemble (caruana)",
+    "ensemble (weighted nll)",
     "stack",
 }
 
