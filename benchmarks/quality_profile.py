@@ -372,6 +372,10 @@ def run(args: argparse.Namespace, profile: Profile = CPU) -> None:
     cli("compare", *systems, "--output", compare, "--overwrite", log=work / "compare.log")
     cli("report", compare, "--output", work / "report", "--overwrite", log=work / "report.log")
     cmp = json.loads((compare / "compare.json").read_text())
+    path = profile.result(f"-s{seed}")
+    # a resumed seed (an arm added later) keeps what its earlier calls took: this call's wall is only its part
+    before = json.loads(path.read_text()) if path.is_file() else {}
+    earlier = before.get("wall_seconds", 0.0) + before.get("wall_seconds_earlier_calls", 0.0)
     out = {
         "benchmark": "quality_profile",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -380,10 +384,10 @@ def run(args: argparse.Namespace, profile: Profile = CPU) -> None:
         **profile_record(profile),
         "machine": machine(),
         "wall_seconds": round(time.perf_counter() - t_start, 1),
+        **({"wall_seconds_earlier_calls": round(earlier, 1)} if earlier else {}),
         "systems": systems_of(cmp),
         "compare": {k: cmp[k] for k in ("metrics", "reference", "definitions")},
     }
-    path = profile.result(f"-s{seed}")
     write_json(path, out)
     print(f"wrote {path}")
 
