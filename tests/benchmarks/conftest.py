@@ -1,24 +1,31 @@
-"""The quality-profile script as a module, for its tests."""
+"""The benchmark scripts as modules, for their tests (benchmarks/ is no package)."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "quality_profile.py"
+
+
+def load_script(filename: str) -> Iterator[ModuleType]:
+    """``benchmarks/<filename>`` imported under a name of its own, removed from ``sys.modules`` afterwards."""
+    name = f"{Path(filename).stem}_under_test"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / filename)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(name, None)
 
 
 @pytest.fixture(scope="module")
-def qp():
-    """The script as a module (benchmarks/ is no package), under a name of its own."""
-    spec = importlib.util.spec_from_file_location("quality_profile_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def qp() -> Iterator[ModuleType]:
+    """benchmarks/quality_profile.py."""
+    yield from load_script("quality_profile.py")

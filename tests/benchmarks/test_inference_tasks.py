@@ -3,26 +3,18 @@ and that every side of each comparison computed the same outputs. Never a timing
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "inference_tasks.py"
+from tests.benchmarks.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """The script as a module (benchmarks/ is no package), under a name of its own."""
-    spec = importlib.util.spec_from_file_location("inference_tasks_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    """benchmarks/inference_tasks.py."""
+    yield from load_script("inference_tasks.py")
 
 
 def test_quick_run_on_the_tiny_model(
