@@ -52,14 +52,21 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 TASK_ORDER = ["cola", "sst2", "mrpc", "rte", "wnli", "stsb", "conll"]
 NEVER = 10**9
 # BERT-base's shape (Devlin et al. 2019); the vocabulary is MiniLM's tokenizer's
-BERT_BASE = {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072}
+BERT_BASE = {
+    "num_hidden_layers": 12,
+    "hidden_size": 768,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+}
 QUICK_LARGE = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"), help="default ../shared/data")
-    p.add_argument("--model", default="default", help="the small encoder: 'default' (packaged MiniLM) or a dir")
+    p.add_argument(
+        "--model", default="default", help="the small encoder: 'default' (packaged MiniLM) or a dir"
+    )
     p.add_argument("--encoders", default="small,large", help="small (--model), large (random BERT-base size)")
     p.add_argument("--tasks", default="1,2,4,7", help="task counts T (prefixes of the fixed order)")
     p.add_argument("--step-modes", default="sampled", help="comma list: sampled, joint")
@@ -74,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="measurements per cell (medians reported)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per measurement")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--quick", action="store_true", help="T=1,2, tiny subsets, 2 steps, a tiny 'large' encoder")
+    p.add_argument(
+        "--quick", action="store_true", help="T=1,2, tiny subsets, 2 steps, a tiny 'large' encoder"
+    )
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present")
     p.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "runs" / "scaling")
     p.add_argument("--output", type=Path, default=None, help="default benchmarks/results/scaling-<dev>.json")
@@ -141,11 +150,12 @@ def worker(spec_path: Path) -> None:
     del_me = prepare_tasks(cfg, tokenizer, ["train", "dev"])
     prep_warm = time.perf_counter() - t0
     del del_me
+    peak_prep = _peak_rss_mb()  # how much of the peak the data (whole train files read) accounts for
 
     # ---- training: a stamp at the end of every optimizer step (the inner torch optimizer: one per step)
-    stamps: list[tuple[float, float]] = []
+    stamps: list[tuple[float, float, float]] = []  # (wall, process CPU, peak RSS so far) per step
     hook = register_optimizer_step_post_hook(
-        lambda opt, a, k: stamps.append((time.perf_counter(), time.process_time()))
+        lambda opt, a, k: stamps.append((time.perf_counter(), time.process_time(), _peak_rss_mb()))
     )
     run_dir = Path(spec["run_dir"])
     t0 = time.perf_counter()
@@ -157,6 +167,8 @@ def worker(spec_path: Path) -> None:
     gaps = [b[0] - a[0] for a, b in zip(stamps, stamps[1:], strict=False)]
     cpu_gaps = [b[1] - a[1] for a, b in zip(stamps, stamps[1:], strict=False)]
     timed, timed_cpu = gaps[W - 1 :], cpu_gaps[W - 1 :]  # gaps[i] is step i+2 (1-based): skip the warm-up
+    if len(timed) != S:
+        raise RuntimeError(f"{len(stamps)} optimizer steps stamped, expected {W + S}")
     # which task(s) each step trained on: log.jsonl has a record per step (log_every=1) with their losses
     step_tasks: dict[int, list[str]] = {}
     for line in (run_dir / "log.jsonl").read_text().splitlines():
@@ -181,7 +193,9 @@ def worker(spec_path: Path) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.process_time()
-    metrics, _ = evaluate_tasks(model, dev, "dev", cfg.train.eval_batch_size, device, tokenizer.pad_token_id or 0)
+    metrics, _ = evaluate_tasks(
+        model, dev, "dev", cfg.train.eval_batch_size, device, tokenizer.pad_token_id or 0
+    )
     if device.type == "cuda":
         torch.cuda.synchronize()
     eval_s, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -196,12 +210,18 @@ def worker(spec_path: Path) -> None:
         "step_ms_mean": 1e3 * statistics.fmean(timed),
         "step_cpu_ms": 1e3 * statistics.median(timed_cpu),
         "step_ms_each": [round(1e3 * g, 1) for g in timed],
+        "step_index_each": list(range(W + 1, W + 1 + len(timed))),  # 1-based: same seed, same batches
         "step_tasks_each": [",".join(t) for t in timed_tasks],
+        # the peak resident set after every optimizer step (warm-up included): which task's batch raised it
+        "peak_rss_each_step_mb": [round(st[2]) for st in stamps],
+        "tasks_each_step": [",".join(step_tasks.get(i + 1, [])) for i in range(len(stamps))],
         "step_ms_per_task": {t: 1e3 * statistics.median(v) for t, v in sorted(per_task.items())},
         "steps_stamped": len(stamps),
         "train_wall_s": train_wall,
         "train_seconds_results_json": results["cost"]["train_seconds"],
         "rss_after_imports_mb": rss_imports,
+        "peak_rss_after_prep_mb": peak_prep,
+        "peak_rss_steps_mb": stamps[-1][2],  # at the last optimizer step: before the end-of-run work
         "peak_rss_mb": peak_train,
         "peak_memory_mb": results["cost"]["peak_memory_mb"],  # = peak RSS on the CPU, CUDA peak on a GPU
         "memory_device": results["cost"]["device"],
@@ -266,7 +286,9 @@ def build_random_encoder(directory: Path, tokenizer_source: str, shape: dict[str
     return directory
 
 
-def overrides_for(args: argparse.Namespace, model: str, names: list[str], mode: str, steps: int, cache: Path) -> list[str]:
+def overrides_for(
+    args: argparse.Namespace, model: str, names: list[str], mode: str, steps: int, cache: Path
+) -> list[str]:
     ov = [
         f"data_dir={args.data_dir}",
         f"cache_dir={cache}",
@@ -335,7 +357,9 @@ def run_one(args: argparse.Namespace, enc: dict[str, Any], T: int, mode: str, re
 MEASURES = ("prep_cold_s", "prep_cached_s", "step_ms", "step_ms_mean", "peak_memory_mb", "eval_s")
 
 
-def summarize(runs: list[dict[str, Any]], encoders: list[dict[str, Any]], counts: list[int], modes: list[str]) -> list[dict[str, Any]]:
+def summarize(
+    runs: list[dict[str, Any]], encoders: list[dict[str, Any]], counts: list[int], modes: list[str]
+) -> list[dict[str, Any]]:
     """One row per (step mode, encoder, T): medians over repeats, ratios to T=1 and large / small."""
     rows: list[dict[str, Any]] = []
     for mode in modes:
@@ -343,7 +367,12 @@ def summarize(runs: list[dict[str, Any]], encoders: list[dict[str, Any]], counts
             for T in counts:
                 ok = [r for r in runs if (r["step_mode"], r["encoder"], r["T"]) == (mode, enc["key"], T)]
                 good = [r for r in ok if "error" not in r]
-                row: dict[str, Any] = {"step_mode": mode, "encoder": enc["key"], "T": T, "tasks": TASK_ORDER[:T]}
+                row: dict[str, Any] = {
+                    "step_mode": mode,
+                    "encoder": enc["key"],
+                    "T": T,
+                    "tasks": TASK_ORDER[:T],
+                }
                 if not good:
                     row["error"] = ok[-1]["error"] if ok else "not run"
                     rows.append(row)
@@ -370,7 +399,30 @@ def summarize(runs: list[dict[str, Any]], encoders: list[dict[str, Any]], counts
         ref = by.get((r["step_mode"], small, r["T"]))
         if r["encoder"] != small and ref is not None and "error" not in ref:
             r[f"vs_{small}"] = {k: r[k] / ref[k] for k in MEASURES if ref[k] > 0}
+            same = same_step_ratios(runs, r["step_mode"], r["encoder"], small, r["T"])
+            if same:
+                r[f"vs_{small}"]["step_same_batches"] = statistics.median(same)
     return rows
+
+
+def same_step_ratios(runs: list[dict[str, Any]], mode: str, enc: str, small: str, T: int) -> list[float]:
+    """Per repeat, the median over the timed steps both encoders ran (same seed: the same task and batch at
+    a step index) of the per-step time ratio enc / small: the encoder's cost on identical batches, free of
+    the task mix that a different set of sampled steps would bring."""
+    out = []
+    for a in runs:
+        if (a["step_mode"], a["encoder"], a["T"]) != (mode, enc, T) or "error" in a:
+            continue
+        b = next((r for r in runs if (r["step_mode"], r["encoder"], r["T"], r["repeat"]) == (mode, small, T, a["repeat"])
+                  and "error" not in r), None)  # fmt: skip
+        if b is None:
+            continue
+        mine = dict(zip(a["step_index_each"], a["step_ms_each"], strict=True))
+        theirs = dict(zip(b["step_index_each"], b["step_ms_each"], strict=True))
+        ratios = [mine[i] / theirs[i] for i in mine if i in theirs and theirs[i] > 0]
+        if ratios:
+            out.append(statistics.median(ratios))
+    return out
 
 
 def _f(x: float | None, fmt: str) -> str:
@@ -422,8 +474,8 @@ def markdown(result: dict[str, Any]) -> str:
                 "",
                 f"{encs[other]['short']} over {encs[small]['short']} at each T (step mode `{mode}`):",
                 "",
-                "| T | data prep | step (median) | step (mean) | peak RSS | eval |",
-                "|---:|---:|---:|---:|---:|---:|",
+                "| T | data prep | step (median) | step (mean) | step, same batches | peak RSS | eval |",
+                "|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for r in result["rows"]:
                 if r["step_mode"] != mode or r["encoder"] != other or f"vs_{small}" not in r:
@@ -431,7 +483,8 @@ def markdown(result: dict[str, Any]) -> str:
                 v = r[f"vs_{small}"]
                 lines.append(
                     f"| {r['T']} | {_f(v.get('prep_cold_s'), '.2f')} | {_f(v.get('step_ms'), '.2f')} | "
-                    f"{_f(v.get('step_ms_mean'), '.2f')} | {_f(v.get('peak_memory_mb'), '.2f')} | "
+                    f"{_f(v.get('step_ms_mean'), '.2f')} | {_f(v.get('step_same_batches'), '.2f')} | "
+                    f"{_f(v.get('peak_memory_mb'), '.2f')} | "
                     f"{_f(v.get('eval_s'), '.2f')} |"
                 )
         lines.append("")
@@ -447,6 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     import transformers
 
     import mtfuse
+
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     tag, device_name = device_tag(args.cpu)
@@ -505,7 +559,9 @@ def main(argv: list[str] | None = None) -> None:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": tag,
         "device_name": device_name,
-        "command": " ".join([".venv/bin/python", "benchmarks/scaling.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [".venv/bin/python", "benchmarks/scaling.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "settings": {
             "quick": args.quick,
             "task_counts": counts,
@@ -538,8 +594,13 @@ def main(argv: list[str] | None = None) -> None:
         "encoders": {e["key"]: {k: v for k, v in e.items() if k != "key"} for e in encoders},
         "rows": rows,
         "runs": runs,
-        "load_average": {"start": list(load_start), "end": list(load_end), "min": min(loads), "max": max(loads),
-                         "note": "1-minute load averages at the start and end of every measurement"},  # fmt: skip
+        "load_average": {
+            "start": list(load_start),
+            "end": list(load_end),
+            "min": min(loads),
+            "max": max(loads),
+            "note": "1-minute load averages at the start and end of every measurement",
+        },  # fmt: skip
         "wall_seconds": time.perf_counter() - t_start,
         "versions": {
             "mtfuse": mtfuse.__version__,
