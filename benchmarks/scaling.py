@@ -24,8 +24,8 @@ Ratios are taken against the T=1 row of the same encoder (and BERT-base over Min
 measurements alternate (T ascending, then descending; the encoder order flips each time) and ``--repeats``
 gives medians over repeats. The machine's load average is recorded before and after every measurement.
 
-    .venv/bin/python benchmarks/scaling.py --steps 10 --large-steps 6          # CPU
-    .venv/bin/python benchmarks/scaling.py --quick                              # a tiny check of the script
+    .venv/bin/python benchmarks/scaling.py --warmup 2 --steps 10 --large-steps 5   # CPU, ~14 min
+    .venv/bin/python benchmarks/scaling.py --quick                                 # a tiny check
 """
 
 from __future__ import annotations
@@ -147,10 +147,10 @@ def worker(spec_path: Path) -> None:
     }
     del tasks
     t0 = time.perf_counter()
-    del_me = prepare_tasks(cfg, tokenizer, ["train", "dev"])
+    cached = prepare_tasks(cfg, tokenizer, ["train", "dev"])
     prep_warm = time.perf_counter() - t0
-    del del_me
-    peak_prep = _peak_rss_mb()  # how much of the peak the data (whole train files read) accounts for
+    del cached
+    peak_prep = _peak_rss_mb()  # the peak before training: imports, tokenizer, data (whole files read)
 
     # ---- training: a stamp at the end of every optimizer step (the inner torch optimizer: one per step)
     stamps: list[tuple[float, float, float]] = []  # (wall, process CPU, peak RSS so far) per step
