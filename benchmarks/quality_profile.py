@@ -579,7 +579,7 @@ def mlm(args: argparse.Namespace, profile: Profile = CPU) -> None:
         res = json.loads((run / "results.json").read_text())
         return {
             "metrics": got["tasks"],
-            "train_seconds": res.get("train_seconds"),
+            "train_seconds": res.get("cost", {}).get("train_seconds"),
             "steps": res.get("total_steps"),
         }
 

@@ -54,6 +54,7 @@ def test_mlm_smoke_run(qp, tmp_path: Path, tiny_model_dir: Path, shared_data_dir
         assert set(r["tasks"]) == set(qp.TASKS) and r["average"] == pytest.approx(
             sum(r["tasks"].values()) / 4
         )
+        assert r["train_seconds"] > 0 and r["steps"] == 4
     assert out["delta_vs_mtl_equal"]["average"] == pytest.approx(
         out["systems"]["mtl-equal + mlm"]["average"] - out["systems"]["mtl-equal"]["average"]
     )
