@@ -27,7 +27,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import re
 import shutil
 import sys
 import time
@@ -115,26 +114,6 @@ def run_training(config: Path, overrides: list[str], run_dir: Path, reuse: bool,
 
 
 # ---------------------------------------------------------------------------------------------- reporting
-
-
-def device_tag(cpu: bool) -> tuple[str, str]:
-    """(short tag for file names, readable device name)."""
-    import torch
-
-    if torch.cuda.is_available() and not cpu:
-        name = torch.cuda.get_device_name(0)
-        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-        slug = slug.removeprefix("nvidia-")
-        return slug.split("-")[0] if slug else "gpu", name
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return "cpu", f"{model}, {os.cpu_count()} cores"
 
 
 def task_score(metrics: dict[str, float]) -> float:
@@ -235,6 +214,8 @@ def markdown_table(single: dict[str, Any], multi: dict[str, Any], title: str, no
 
 
 def main(argv: list[str] | None = None) -> None:
+    from mtfuse.machine import device_tag
+
     args = parse_args(argv)
     import torch
     import transformers

@@ -575,17 +575,9 @@ def predict_summary(b: dict[str, Any]) -> list[str]:
     return lines
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from mtfuse.machine import cpu_name
+
     args = parse_args(argv)
     import torch
     import transformers

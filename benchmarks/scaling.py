@@ -242,24 +242,6 @@ def worker(spec_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------- parent
 
 
-def device_tag(cpu: bool) -> tuple[str, str]:
-    import torch
-
-    if torch.cuda.is_available() and not cpu:
-        name = torch.cuda.get_device_name(0)
-        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-").removeprefix("nvidia-")
-        return (slug.split("-")[0] or "gpu"), name
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return "cpu", f"{model}, {os.cpu_count()} cores"
-
-
 def build_random_encoder(directory: Path, tokenizer_source: str, shape: dict[str, int]) -> Path:
     """A randomly initialised BERT of ``shape`` (seed 0) with ``tokenizer_source``'s tokenizer, saved once;
     a folder already holding the same shape and tokenizer is reused."""
@@ -492,6 +474,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from mtfuse.machine import device_tag
+
     args = parse_args(argv)
     if args.worker is not None:
         worker(args.worker)

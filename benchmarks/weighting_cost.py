@@ -46,7 +46,6 @@ import gc
 import importlib
 import importlib.util
 import json
-import os
 import platform
 import re
 import resource
@@ -475,24 +474,6 @@ def compare_loss(weighting, lib_cls, kw, K: int, iters: int = 200, blocks: int =
 # ------------------------------------------------------------------------------------------------- parent
 
 
-def device_tag(cpu: bool) -> tuple[str, str]:
-    import torch
-
-    if torch.cuda.is_available() and not cpu:
-        name = torch.cuda.get_device_name(0)
-        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-").removeprefix("nvidia-")
-        return (slug.split("-")[0] or "gpu"), name
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return "cpu", f"{model}, {os.cpu_count()} cores"
-
-
 def make_tiny_model(directory: Path) -> str:
     """A 2-layer hidden-32 random BERT (seed 0) with the packaged MiniLM tokenizer (as tests/conftest.py)."""
     import torch
@@ -706,6 +687,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from mtfuse.machine import device_tag
+
     args = parse_args(argv)
     if args.worker is not None:
         worker(args.worker, args.method, args.result)

@@ -1,0 +1,30 @@
+"""What machine a measurement ran on, for the benchmarks' result files."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def device_tag(cpu: bool) -> tuple[str, str]:
+    """(a short tag for file names, a readable device name): the first GPU unless ``cpu``, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available() and not cpu:
+        name = torch.cuda.get_device_name(0)
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-").removeprefix("nvidia-")
+        return (slug.split("-")[0] or "gpu"), name
+    return "cpu", f"{cpu_name()}, {os.cpu_count()} cores"
