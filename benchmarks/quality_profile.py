@@ -205,6 +205,9 @@ def common(seed: int, profile: Profile = CPU) -> list[str]:
 
 def train(out: Path, seed: int, *overrides: str, profile: Profile = CPU) -> Path:
     if not finished(out):
+        # an interrupted run continues from its last checkpoint instead of starting again
+        resume = (out / "config.yaml").is_file() and (out / "checkpoints" / "latest").exists()
+        log = out.with_suffix(".log")
         cli(
             "train",
             profile.config,
@@ -212,8 +215,8 @@ def train(out: Path, seed: int, *overrides: str, profile: Profile = CPU) -> Path
             *overrides,
             "--output",
             out,
-            "--overwrite",
-            log=out.with_suffix(".log"),
+            "--resume" if resume else "--overwrite",
+            log=log.with_suffix(".resume.log") if resume else log,
         )
     return out
 
