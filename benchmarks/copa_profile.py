@@ -64,7 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--gpu", action="store_true", help="use a GPU where there is one (default: the CPU)")
-    p.add_argument("--output", type=Path, default=None, help="default benchmarks/results/copa_profile-<dev>.json")
+    p.add_argument(
+        "--output", type=Path, default=None, help="default benchmarks/results/copa_profile-<dev>.json"
+    )
     p.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "runs" / "copa_profile")
     return p.parse_args(argv)
 
@@ -166,7 +168,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for key, tasks in systems.items():
         steps = args.steps * (1 if len(tasks) == 1 else 3)
         runs = [_run(args, key, tasks, steps, s) for s in args.seeds]
-        results[key] = {"tasks": [t["name"] for t in tasks], "runs": runs, "copa_test_accuracy": summary(runs)}
+        results[key] = {
+            "tasks": [t["name"] for t in tasks],
+            "runs": runs,
+            "copa_test_accuracy": summary(runs),
+        }
         print(f"{key:>15}: COPA test accuracy {results[key]['copa_test_accuracy']}", flush=True)
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
     out = args.output or ROOT / "benchmarks" / "results" / f"copa_profile-{tag}.json"
