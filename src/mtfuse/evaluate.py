@@ -165,7 +165,7 @@ def evaluate_run(
         model, tasks, split, cfg.train.eval_batch_size, device, tokenizer.pad_token_id or 0
     )
     result = {"split": split, **with_average(metrics)}
-    result["examples"] = {n: len(t.splits[split]) for n, t in tasks.items()}
+    result["examples"] = {n: t.examples(split) for n, t in tasks.items()}
     rundir.write_json(out, result)
     for n, (p, pr) in outputs.items():
         rundir.write_jsonl(

@@ -272,6 +272,19 @@ def test_predict_split_cuts_answers_from_the_context(tokenizing: Tokenizing, tin
     assert metrics["exact_match"] == (100.0 if p["answer"] == ANSWER else 0.0)
 
 
+def test_examples_counts_questions_not_windows(tokenizing: Tokenizing) -> None:
+    """A long context takes several windows; metrics and results count it as the one question it is."""
+    task = _task()
+    rows = _rows() + [{**_rows()[0], "question": "Which city?", "_where": "in.jsonl:2"}]
+    enc, gold = encode_rows(rows, task, "dev", tokenizing)
+    task.splits["dev"], task.gold["dev"] = enc, gold
+    assert len(enc) > 2 * 2  # each context is cut into several windows
+    assert task.examples("dev") == 2
+    unlabelled, _ = encode_rows(rows, task, "test", tokenizing, with_labels=False)
+    task.splits["test"], task.gold["test"] = unlabelled, []
+    assert task.examples("test") == len(unlabelled)  # no gold: the encoded units
+
+
 def test_first_sentence_baseline() -> None:
     gold = [{"context": "Ann met Bob. Then Paris.", "answers": [{"text": "Ann met Bob.", "answer_start": 0}]}]
     preds = QA.majority_predictions([], gold, None)
@@ -324,6 +337,7 @@ def test_xquad_trains_beside_sst2_with_minilm(shared_data_dir: Path, tmp_path: P
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {"sst2", "xquad"}
     assert set(metrics["tasks"]["xquad"]) == {"exact_match", "squad_f1"}
+    assert metrics["examples"]["xquad"] == 12  # questions (subset.eval), not their windows
     inp = tmp_path / "in.jsonl"
     inp.write_text(
         json.dumps({"question": "Where did Ann meet Bob?", "context": "Ann met Bob in Paris."}) + "\n"

@@ -69,6 +69,11 @@ class TaskData:
     def metrics(self) -> list[str]:
         return list(self.cfg.metrics or self.type.default_metrics)
 
+    def examples(self, split: str) -> int:
+        """How many examples a split holds: one gold per example (a span-QA question, however many windows
+        its context takes), else the encoded units when the split has no labels."""
+        return len(self.gold.get(split) or ()) or len(self.splits[split])
+
 
 def resolve_fields(cfg: TaskConfig, defaults: tuple[list[str] | None, str | None]) -> tuple[list[str], str]:
     ttype = TASK_TYPES.get(cfg.type)

@@ -70,14 +70,14 @@ def finish(
             final_model, tasks, "dev", cfg.train.eval_batch_size, acc.device, pad_id, acc.autocast
         )
     final = with_average(metrics)
-    final["examples"] = {n: len(t.splits["dev"]) for n, t in tasks.items()}
+    final["examples"] = {n: t.examples("dev") for n, t in tasks.items()}
     for n, (p, pr) in outputs.items():
         rundir.write_jsonl(
             rundir.inside(out / rundir.PREDICTIONS, f"{n}.jsonl"),
             records(tasks[n], p, pr, tasks[n].gold["dev"]),
         )
     rundir.write_json(out / rundir.METRICS, {"split": "dev", **final})
-    train_sizes = {n: len(t.splits["train"]) for n, t in tasks.items()}
+    train_sizes = {n: t.examples("train") for n, t in tasks.items()}
     record = results_record(cfg, final, state, core, acc, sched.total, train_sizes)
     rundir.write_json(out / rundir.RESULTS, record)
     write_card(out)
