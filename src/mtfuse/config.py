@@ -189,6 +189,17 @@ class IntentSlotsOptions(Strict):
     # labels train never has (ATIS test): unseen_class = designated classes the head never predicts, so they
     # count as errors and no example is dropped (SlotGated-SLU's _UNK); error = refuse them, as other types do
     unseen_labels: Literal["unseen_class", "error"] = "unseen_class"
+    # intent ids -> names and slot-tag ids -> names, each in data.label_map's formats (a file, resolved as data
+    # files are, or a mapping); data.label_map itself maps one id space, and this label has two
+    intent_map: str | dict[str, str] | None = None
+    slot_map: str | dict[str, str] | None = None
+
+    @field_validator("intent_map", "slot_map", mode="before")
+    @classmethod
+    def _map_keys(cls, v: Any) -> Any:
+        if isinstance(v, dict):  # YAML reads {1: flight} with int keys
+            return {str(k): v[k] for k in v}
+        return v
 
 
 class SpanQAConfig(Strict):

@@ -333,3 +333,54 @@ tasks:
     code, out, err = run_cli(["evaluate", run, "--split", "test", *common, "only_tasks=[atis]"])
     assert code == 0, err
     assert json.loads((run / "metrics-test.json").read_text())["examples"]["atis"] == 893
+
+
+def _id_config(tmp_path: Path, tiny_model_dir: Path, options: str, data_extra: str = "") -> Path:
+    """A jsonl intent_slots task whose labels are ids (intent 0 / 1, slot tags 0 / 1 / 2)."""
+    rows = [
+        {"tokens": ["to", "boston"], "label": {"intent": 0, "slots": [0, 1]}},
+        {"tokens": ["fares", "to", "new", "york"], "label": {"intent": 1, "slots": "0 0 1 2"}},
+    ]
+    data = tmp_path / "ids.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "slots.txt").write_text("O\nB-city\nI-city\n", encoding="utf-8")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"model: {{name_or_path: {tiny_model_dir}}}\ncache_dir: {tmp_path / 'cache'}\n"
+        "tasks:\n  - name: atis\n    type: intent_slots\n    text_fields: [tokens]\n    label_field: label\n"
+        f"    data: {{format: jsonl, files: {{train: {data}}}{data_extra}}}\n"
+        f"    intent_slots: {options}\n",
+        encoding="utf-8",
+    )
+    return cfg
+
+
+def test_intent_and_slot_ids_map_to_names_through_their_own_maps(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from mtfuse.config import load
+    from mtfuse.tasks.prepare import read_task_rows
+
+    slots = tmp_path / "slots.txt"
+    cfg = load(
+        _id_config(tmp_path, tiny_model_dir, f"{{intent_map: {{0: flight, 1: fare}}, slot_map: {slots}}}")
+    )
+    rows = read_task_rows(cfg, "atis", "train")
+    assert [r["label"] for r in rows] == [
+        {"intent": "flight", "slots": ["O", "B-city"]},
+        {"intent": "fare", "slots": "O O B-city I-city"},
+    ]
+    assert IS.vocab(rows, "label", None)[:2] == ["intent:<unseen>", "intent:fare"]
+
+    # an id the map lacks names the row and the part of the label
+    cfg = load(_id_config(tmp_path, tiny_model_dir, "{intent_map: {0: flight}}"))
+    with pytest.raises(DataError, match=r"ids\.jsonl:2 \(field 'label\.intent'\): label id '1' is not in"):
+        read_task_rows(cfg, "atis", "train")
+
+
+def test_data_label_map_on_intent_slots_is_one_clear_error(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = _id_config(tmp_path, tiny_model_dir, "{slot_weight: 1.0}", ", label_map: {0: flight}")
+    code, out, err = run_cli(["data", "check", cfg])
+    assert code != 0 and "Traceback" not in err
+    assert "data.label_map maps one kind of id" in " ".join(err.split())
+    assert "intent_slots.intent_map" in err

@@ -12,7 +12,7 @@ import numpy as np
 from mtfuse.config import RunConfig, TaskConfig
 from mtfuse.errors import ConfigError, DataError
 from mtfuse.tasks.features import Encoded, TaskData, Tokenizing, check_fields, encode_rows, resolve_fields
-from mtfuse.tasks.readers import READERS, apply_label_map, carve_dev, label_map
+from mtfuse.tasks.readers import READERS, carve_dev
 from mtfuse.tasks.types import TASK_TYPES
 
 
@@ -96,10 +96,7 @@ def read_task_rows(cfg: RunConfig, task_name: str, split: str) -> list[dict]:
     carved = t.data.dev_from_train is not None and split in ("train", "dev")
     rows = reader.read(t.data, "train" if carved else split)
     label_field = resolve_fields(t, reader.defaults(t.data))[1]
-    mapping = label_map(t.data)
-    if mapping is not None:
-        ttype = TASK_TYPES.get(t.type)
-        rows = apply_label_map(rows, label_field, mapping, t.data.label_map, many=ttype.token_level)
+    rows = TASK_TYPES.get(t.type).map_labels(rows, label_field, t)
     if carved:
         fraction = t.data.dev_from_train
         assert fraction is not None

@@ -49,6 +49,16 @@ class TaskType:
         return None
 
     # -- labels --------------------------------------------------------------------------------------
+    def map_labels(self, rows: list[dict], field: str, cfg: Any) -> list[dict]:
+        """Rows with label ids replaced by their names (``data.label_map``; each tag of a token task). A type
+        whose label holds several kinds of id (intent_slots) overrides it."""
+        from mtfuse.tasks.readers import apply_label_map, label_map
+
+        mapping = label_map(cfg.data)
+        if mapping is None:
+            return rows
+        return apply_label_map(rows, field, mapping, cfg.data.label_map, many=self.token_level)
+
     def raw_labels(self, value: Any, where: str, field: str) -> list[str]:
         """The label strings a row carries (one for classification, several for multi-label / token)."""
         if value is None or (isinstance(value, str) and not value.strip()):

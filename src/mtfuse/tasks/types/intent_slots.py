@@ -77,6 +77,40 @@ class IntentSlots(TokenClassification):
     options_field = "intent_slots"
 
     # -- labels: one list, the intents first ------------------------------------------------------------
+    def map_labels(self, rows: list[dict], field: str, cfg: Any) -> list[dict]:
+        """The intent's ids and each slot tag's id replaced by their names, through ``intent_slots.intent_map``
+        and ``intent_slots.slot_map`` (``data.label_map``'s formats); ``data.label_map`` is refused, since one
+        map cannot tell an intent id from a slot id."""
+        from mtfuse.tasks.readers import apply_label_map, label_map
+
+        if cfg.data.label_map is not None:
+            raise ConfigError(
+                f"task '{cfg.name}': data.label_map maps one kind of id, and an intent_slots label has two; "
+                f"give tasks.{cfg.name}.intent_slots.intent_map and / or .slot_map instead"
+            )
+        o = options(cfg)
+        maps = [
+            (key, m, label_map(cfg.data.model_copy(update={"label_map": m})))
+            for key, m in (("intent", o.intent_map), ("slots", o.slot_map))
+            if m is not None
+        ]
+        if not maps:
+            return rows
+        out = []
+        for row in rows:
+            value = row.get(field)
+            if not isinstance(value, dict):  # raw_labels names the row
+                out.append(row)
+                continue
+            value = dict(value)
+            for key, source, mapping in maps:
+                if key in value:
+                    name = f"{field}.{key}"  # the error names the part of the label: 'label.slots'
+                    tmp = [{"_where": row["_where"], name: value[key]}]
+                    value[key] = apply_label_map(tmp, name, mapping, source, many=key == "slots")[0][name]
+            out.append({**row, field: value})
+        return out
+
     def raw_labels(self, value: Any, where: str, field: str) -> list[str]:
         """``[intent:<name>, slot:<tag>, ...]`` of one ``{"intent": ..., "slots": [...]}`` value."""
         if not isinstance(value, dict) or "intent" not in value or "slots" not in value:
