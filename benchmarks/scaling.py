@@ -35,7 +35,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import resource
 import shutil
 import statistics
@@ -44,6 +43,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _compact import compact_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "glue.yaml"
@@ -597,28 +599,11 @@ def main(argv: list[str] | None = None) -> None:
         e["path"] = "default" if e["path"] == "default" else str(e["path"])
     out = args.output or RESULTS_DIR / f"scaling-{tag}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_dump(result), encoding="utf-8")
+    out.write_text(compact_json(result), encoding="utf-8")
     md = markdown(result)
     out.with_suffix(".md").write_text(md, encoding="utf-8")
     print("\n" + md)
     print(f"wrote {out} and {out.with_suffix('.md')} ({result['wall_seconds']:.0f} s)")
-
-
-def _dump(result: dict[str, Any]) -> str:
-    """The results JSON, small: floats rounded, lists of numbers on one line."""
-    text = json.dumps(_rounded(result), indent=1)
-    text = re.sub(r"\[\s+([-0-9., \n]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
-    return text + "\n"
-
-
-def _rounded(x: Any) -> Any:
-    if isinstance(x, float):
-        return float(f"{x:.4g}")
-    if isinstance(x, dict):
-        return {k: _rounded(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_rounded(v) for v in x]
-    return x
 
 
 if __name__ == "__main__":

@@ -47,7 +47,6 @@ import importlib
 import importlib.util
 import json
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -57,6 +56,9 @@ import time
 import types
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _compact import compact_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "glue.yaml"
@@ -785,20 +787,7 @@ def _dump(result: dict[str, Any]) -> str:
     runs = {
         m: [{k: v for k, v in r.items() if k not in same} for r in rs] for m, rs in result["runs"].items()
     }
-    text = json.dumps(_rounded({**result, "runs": runs}), indent=1)
-    text = re.sub(r"\[\s+([-0-9., \n]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
-    return text + "\n"
-
-
-def _rounded(x: Any) -> Any:
-    """Floats to 4 significant digits (keeps the results file small)."""
-    if isinstance(x, float):
-        return float(f"{x:.4g}")
-    if isinstance(x, dict):
-        return {k: _rounded(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_rounded(v) for v in x]
-    return x
+    return compact_json({**result, "runs": runs})
 
 
 def _num(x: float | None, fmt: str) -> str:
