@@ -304,6 +304,10 @@ class ModelConfig(Strict):
     # generation tasks on an encoder-decoder checkpoint (T5, BART...): a copy of its decoder each (per_task)
     # or one decoder for all, told apart by their task prefixes (shared: trained and merged with the encoder)
     decoder: Literal["per_task", "shared"] = "per_task"
+    # under hard sharing, model/hf/<task>/ for each generation task with its own decoder: the task's
+    # encoder-decoder as plain transformers loads it (a full copy of the encoder each: about 190 MB per
+    # BERT2BERT task on MiniLM); false leaves them out (mtfuse itself never reads them)
+    hf_copies: bool = True
     # a run directory to start from: its encoder, and the heads of tasks with the same name and head spec
     # (``mtfuse.training.init_from``); name_or_path still gives the tokenizer and must match its vocabulary
     init_from: str | None = None

@@ -223,7 +223,7 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
                     {k.split("/")[-1]: f"{v:.3f}" for k, v in rec.items() if k.startswith("loss/")}
                 )
             if state.step % sched.eval_every == 0 or state.step == sched.total:
-                last_eval = evaluate_and_log(ctx, run, tr, out, tokenizer, log, bar)
+                last_eval = evaluate_and_log(ctx, run, tr, out, tokenizer, log, bar, cfg.model.hf_copies)
             due = state.step % sched.checkpoint_every == 0 or state.step == sched.total or state.stopped_early
             if (
                 due

@@ -125,6 +125,13 @@ def test_loss_falls_decoding_returns_text_and_the_model_round_trips(
         out = plain.generate(input_ids=x.input_ids, attention_mask=x.attention_mask, max_new_tokens=8)
     assert [s.strip() for s in plain_tok.batch_decode(out, skip_special_tokens=True)] == texts
 
+    # model.hf_copies: false leaves the copies out (and drops those of an earlier save there); mtfuse still
+    # loads the directory and decodes the same
+    model.save(tmp_path / "model", tok, hf_copies=False)
+    assert not (tmp_path / "model" / "hf").exists()
+    again, _ = MultiTaskModel.load(tmp_path / "model")
+    assert predict_encoded(again, t, t.splits["dev"], 2, dev, tok.pad_token_id)[0] == texts
+
 
 def test_sampling_is_seeded(tmp_path: Path, tiny_model_dir: Path) -> None:
     _, _, model, tok = _build(tmp_path, tiny_model_dir)

@@ -342,9 +342,14 @@ class MultiTaskModel(nn.Module):
             for name, t in head.state_dict().items()
         }
 
-    def save(self, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
-        """Write a model directory (see the module docstring). heads.json is written last: it marks a
-        complete save."""
+    def save(
+        self,
+        directory: str | Path,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        hf_copies: bool = True,
+    ) -> None:
+        """Write a model directory (see the module docstring); ``hf_copies``: also ``hf/<task>/`` (see
+        :meth:`save_hf`). heads.json is written last: it marks a complete save."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         encoder_state = self.sharing.encoder_state_dict()
@@ -367,7 +372,8 @@ class MultiTaskModel(nn.Module):
             if (directory / stale_dir).is_dir():
                 shutil.rmtree(directory / stale_dir)
         if self.sharing.method == "hard":
-            self.save_hf(directory / HF_DIR, tokenizer)
+            if hf_copies:
+                self.save_hf(directory / HF_DIR, tokenizer)
         else:
             self.sharing.save(directory)
             _write_atomic(directory / SHARING_JSON, json.dumps(self.sharing.describe(), indent=2) + "\n")

@@ -15,7 +15,14 @@ from mtfuse.training.steps import StepContext, conflict_diagnostics
 
 
 def evaluate_and_log(
-    ctx: StepContext, run: Resumable, tr: TrainConfig, out: Path, tokenizer: Any, log: RunLog, bar: Any
+    ctx: StepContext,
+    run: Resumable,
+    tr: TrainConfig,
+    out: Path,
+    tokenizer: Any,
+    log: RunLog,
+    bar: Any,
+    hf_copies: bool = True,
 ) -> dict[str, Any]:
     """Score every task on dev, keep the best weights (``select: best``), decide early stopping, log it all.
 
@@ -28,7 +35,7 @@ def evaluate_and_log(
     if state.best_score is None or result["average"] > state.best_score:
         state.best_score, state.best_step, state.evals_since_best = result["average"], state.step, 0
         if tr.select == "best" and acc.is_main_process:
-            save_model_atomic(ctx.core, tokenizer, out / rundir.BEST_MODEL)
+            save_model_atomic(ctx.core, tokenizer, out / rundir.BEST_MODEL, hf_copies)
     else:
         state.evals_since_best += 1
     pat = tr.early_stopping_patience

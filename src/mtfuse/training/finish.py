@@ -24,11 +24,11 @@ from mtfuse.training.setup import Schedule, peak_memory_mb
 from mtfuse.training.state import LoopState
 
 
-def save_model_atomic(model: MultiTaskModel, tokenizer: Any, target: Path) -> None:
+def save_model_atomic(model: MultiTaskModel, tokenizer: Any, target: Path, hf_copies: bool = True) -> None:
     tmp = target.with_name(f".tmp-{target.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save(tmp, tokenizer)
+    model.save(tmp, tokenizer, hf_copies=hf_copies)
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
@@ -58,7 +58,7 @@ def finish(
             final_model, _ = MultiTaskModel.load(out / rundir.MODEL)
             final_model.to(acc.device)
         else:
-            save_model_atomic(core, tokenizer, out / rundir.MODEL)
+            save_model_atomic(core, tokenizer, out / rundir.MODEL, cfg.model.hf_copies)
     acc.wait_for_everyone()
     if not main:
         return {}
