@@ -317,6 +317,18 @@ def test_merge_keeps_each_runs_own_decoder_as_its_head(t5_runs: dict[str, Path],
                     assert torch.equal(m.get_tensor(key), f.get_tensor(key)), key
     model, _ = MultiTaskModel.load(merged)
     assert not seq2seq.has_decoder(model.encoder) and model.heads["de"].model is not model.heads["rev"].model
+    # model/hf/<task>/ as training writes it: the merged encoder with the task's own decoder, plain transformers
+    for task, run in (("de", runs[0]), ("rev", runs[1])):
+        plain = AutoModelForSeq2SeqLM.from_pretrained(merged / "hf" / task).state_dict()
+        with safe_open(str(merged / "model.safetensors"), "pt") as f:
+            for key in f.keys():  # noqa: SIM118
+                assert torch.equal(plain[key], f.get_tensor(key)), key
+        with safe_open(str(run / "model" / "hf" / task / "model.safetensors"), "pt") as f:
+            decoder = [k for k in f.keys() if k.startswith("decoder.")]  # noqa: SIM118
+            assert decoder
+            for key in decoder:
+                assert torch.equal(plain[key], f.get_tensor(key)), key
+        assert all(isinstance(t, str) for t in _plain_decode(merged / "hf" / task, SOURCES))
 
 
 def test_merge_refuses_a_shared_run_with_a_per_task_one(t5_runs: dict[str, Path], tmp_path: Path) -> None:

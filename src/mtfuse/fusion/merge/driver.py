@@ -343,6 +343,8 @@ def _write_merged(
         if cfg.model.name_or_path != LSTM:  # a from-scratch run's base (its init) is in merge.json
             cfg.model.name_or_path = record["base"] or cfg.model.name_or_path
         (tmp / rundir.CONFIG).write_text(dump(cfg), encoding="utf-8")
+    if configs[0].model.hf_copies if configs else True:
+        _write_hf_copies(model_dir, specs)
     n_params = sum(t.numel() for t in merged.values() if t.is_floating_point())
     n_heads = sum(t.numel() for t in heads.values())
     rundir.write_json(
@@ -367,3 +369,15 @@ def _train_seconds(run_dir: Path) -> float:
     if not p.is_file():
         return 0.0
     return float(json.loads(p.read_text()).get("cost", {}).get("train_seconds", 0.0))
+
+
+def _write_hf_copies(model_dir: Path, specs: list[dict[str, Any]]) -> None:
+    """``model/hf/<task>/`` for each generation task with its own decoder, as training writes them: the merged
+    encoder with that task's decoder, loadable by plain transformers (``model.hf_copies``)."""
+    from mtfuse.model import MultiTaskModel
+    from mtfuse.model.heads import HEADS
+
+    if not any(hasattr(HEADS.get(s["head"]), "save_hf") for s in specs):
+        return  # no generation head: nothing to write, and no need to load the model
+    model, tokenizer = MultiTaskModel.load(model_dir)
+    model.save_hf(model_dir / rundir.HF, tokenizer)
