@@ -12,6 +12,8 @@ Written atomically (``mtfuse.rundir.write_dir_atomic``) into ``RUN_DIR/onnx/`` b
 weights of the linear layers), the tokenizer files, the encoder's ``config.json``, ``heads.json``, and ``export.json`` (inputs, outputs per task, the head
 specs, the fp32 parity measured at export time, and a fingerprint of the model files it came from: a run
 retrained or merged again after the export is refused by :func:`load_onnx` until it is exported again).
+Generation tasks decode token by token with their own decoder, which this graph does not hold: they are left
+out (``left_out`` in export.json says where their plain-transformers copy is, for ``optimum-cli export onnx``).
 
 :class:`OnnxModel` stands in for the ``MultiTaskModel`` inside ``mtfuse.predict.Predictor`` (``backend`` =
 ``onnx`` / ``onnx-int8``), so the ONNX backend gives the same records as torch.
@@ -119,7 +121,21 @@ def export_onnx(run_dir: Path, out: Path, quantize: str | None, log: Any = print
     model_dir = run_dir / rundir.MODEL
     model, tokenizer = MultiTaskModel.load(model_dir, require_tokenizer=True)
     model.eval()
-    tasks = model.tasks
+    # a generation task decodes token by token with its own decoder, which one graph of encoder + heads cannot
+    # hold: it is left out (its model/hf/<task>/ copy is plain transformers, which optimum exports)
+    left_out = {
+        t: f"a generation task: `optimum-cli export onnx --model {_plain_copy(model_dir, t)} OUT` exports it"
+        for t, spec in model.specs.items()
+        if spec.task_type == "generation"
+    }
+    tasks = [t for t in model.tasks if t not in left_out]
+    if not tasks:
+        raise MtfuseError(
+            f"{run_dir}: every task is a generation task, and one ONNX graph of the encoder and heads cannot "
+            f"decode; {'; '.join(f'{t}: {why}' for t, why in left_out.items())}"
+        )
+    for t, why in left_out.items():
+        log(f"{t}: left out of the graph ({why})")
     inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in model._encoder_inputs]
     wrapper = AllHeads(model, tasks, inputs).eval()
     multiple = row_multiple(model.specs)
@@ -202,10 +218,21 @@ def export_onnx(run_dir: Path, out: Path, quantize: str | None, log: Any = print
         "row_multiple": multiple,
         "heads": [model.specs[t].to_dict() for t in tasks],
         "parity_max_abs_diff": parity,
+        "left_out": left_out,
         "source": {"run_dir": str(run_dir.resolve()), "model_fingerprint": model_fingerprint(model_dir)},
     }
     rundir.write_json(out / rundir.EXPORT, meta)
     return meta
+
+
+def _plain_copy(model_dir: Path, task: str) -> str:
+    """Where a generation task's model is as plain transformers loads it (what optimum exports)."""
+    hf = model_dir / rundir.HF / task
+    if hf.is_dir():
+        return str(hf)
+    if (model_dir / "generation_config.json").is_file():  # a shared decoder: model/ is the seq2seq model
+        return str(model_dir)
+    return f"{hf} (not written: the run had model.hf_copies false)"
 
 
 def _output_shape(spec: HeadSpec) -> list[str | int]:
@@ -264,6 +291,11 @@ class OnnxModel:
     def tasks(self) -> list[str]:
         return list(self.specs)
 
+    @property
+    def left_out(self) -> dict[str, str]:
+        """Tasks of the run that the graph does not hold (generation), with where to export them."""
+        return dict(self.meta.get("left_out") or {})
+
     def eval(self) -> OnnxModel:
         return self
 
@@ -284,6 +316,11 @@ class OnnxModel:
     def forward_all(self, batch: dict[str, Tensor], tasks: list[str]) -> dict[str, Tensor]:
         unknown = [t for t in tasks if t not in self.specs]
         if unknown:
+            why = self.left_out.get(unknown[0])
+            if why:
+                raise MtfuseError(
+                    f"task '{unknown[0]}' is not in the ONNX export ({why}); the torch backend has it"
+                )
             raise MtfuseError(f"unknown task '{unknown[0]}'; this model has tasks [{', '.join(self.specs)}]")
         ids = batch["input_ids"]
         feed = {

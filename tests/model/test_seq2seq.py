@@ -336,6 +336,40 @@ def test_merge_refuses_a_shared_run_with_a_per_task_one(t5_runs: dict[str, Path]
         merge([t5_runs["de"], t5_runs["rev_shared"]], "linear", tmp_path / "merged")
 
 
+# -------------------------------------------------------------------------------------------- export
+
+
+def test_onnx_export_holds_the_encoder_heads_and_leaves_generation_out(
+    t5_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A T5 run with a shared decoder and a classification task: the graph has the classification head on the
+    encoder stack (parity with torch), the generation task is left out and says where optimum finds it."""
+    import onnxruntime as ort
+
+    from mtfuse.predict import Predictor
+
+    run = t5_runs["de_shared"]
+    out = run / "onnx"
+    code, text, err = run_cli(["export", run, "--format", "onnx", "--overwrite"])
+    assert code == 0, text + err
+    meta = json.loads((out / "export.json").read_text())
+    assert [o["name"] for o in meta["outputs"]] == ["cls"] and meta["parity_max_abs_diff"]["cls"] < 1e-4
+    assert set(meta["left_out"]) == {"de"} and str(run / "model") in meta["left_out"]["de"]
+    assert "de: left out of the graph" in " ".join((text + err).split())
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["cls"]
+    onnx, torch_backend = Predictor(run, backend="onnx"), Predictor(run)
+    rows = [{"src": "good film"}, {"src": "a long and dull scene"}]
+    got, want = onnx.predict_rows("cls", rows), torch_backend.predict_rows("cls", rows)
+    assert [r["label"] for r in got] == [r["label"] for r in want]
+    with pytest.raises(MtfuseError, match=r"task 'de' is not in the ONNX export \(a generation task"):
+        onnx.predict_rows("de", rows)
+
+    # every task a generation task: one clear error naming where each task's plain copy is
+    msg = fails(["export", t5_runs["de"], "--format", "onnx", "--output", tmp_path / "none"], "every task")
+    assert str(t5_runs["de"] / "model" / "hf" / "de") in " ".join(msg.split())
+
+
 # -------------------------------------------------------------------------------------------- errors
 
 
