@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.helpers.multilingual import build_tiny_mbert, build_tiny_xlmr
-from tests.helpers.seq2seq import build_tiny_bart, build_tiny_t5
+from tests.helpers.seq2seq import build_tiny_bart, build_tiny_other, build_tiny_t5
 from tests.helpers.tiny import build_tiny_bert
 
 
@@ -45,6 +45,17 @@ def tiny_bart_dir(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Pat
     """A 2-layer, d_model-32 random BART (``BartForConditionalGeneration``) with a byte-level BPE tokenizer
     trained on English and German shared data (``tests.helpers.seq2seq``)."""
     return build_tiny_bart(tmp_path_factory.mktemp("tiny_bart"), shared_data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_other_seq2seq_dirs(
+    tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path
+) -> dict[str, Path]:
+    """Tiny random mBART, Marian and Pegasus checkpoints with a byte-level BPE tokenizer trained here."""
+    return {
+        kind: build_tiny_other(kind, tmp_path_factory.mktemp(f"tiny_{kind}"), shared_data_dir)
+        for kind in ("mbart", "marian", "pegasus")
+    }
 
 
 @pytest.fixture

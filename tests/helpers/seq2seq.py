@@ -59,27 +59,76 @@ def build_tiny_t5(directory: Path, data_dir: Path, vocab_size: int = 800, seed: 
     return _save(directory, _seeded(lambda: T5ForConditionalGeneration(config), seed), tokenizer)
 
 
-def build_tiny_bart(directory: Path, data_dir: Path, vocab_size: int = 800, seed: int = 0) -> Path:
-    """A 2-layer (each side), d_model-32 random BART and a byte-level BPE tokenizer trained here."""
+def _bpe_tokenizer(data_dir: Path, vocab_size: int) -> BartTokenizer:
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(training_text(data_dir, 200), vocab_size=vocab_size, special_tokens=BART_SPECIALS)
     raw = json.loads(bpe._tokenizer.to_str())["model"]["merges"]  # pairs, or "a b" strings (older tokenizers)
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in raw]
-    tokenizer = BartTokenizer(vocab=bpe.get_vocab(), merges=merges)
+    return BartTokenizer(vocab=bpe.get_vocab(), merges=merges)
+
+
+def _bart_like(tokenizer: BartTokenizer, **extra: object) -> dict[str, object]:
+    """The sizes and special ids shared by the BART-family configs (BART, mBART, Marian, Pegasus)."""
+    return {
+        "vocab_size": len(tokenizer),
+        "d_model": 32,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "max_position_embeddings": 128,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "forced_eos_token_id": tokenizer.eos_token_id,
+        **extra,
+    }
+
+
+def build_tiny_bart(directory: Path, data_dir: Path, vocab_size: int = 800, seed: int = 0) -> Path:
+    """A 2-layer (each side), d_model-32 random BART and a byte-level BPE tokenizer trained here."""
+    tokenizer = _bpe_tokenizer(data_dir, vocab_size)
     config = BartConfig(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.eos_token_id,
-        forced_eos_token_id=tokenizer.eos_token_id,
+        **_bart_like(
+            tokenizer, bos_token_id=tokenizer.bos_token_id, decoder_start_token_id=tokenizer.eos_token_id
+        )
     )
     return _save(directory, _seeded(lambda: BartForConditionalGeneration(config), seed), tokenizer)
+
+
+def build_tiny_other(
+    kind: str, directory: Path, data_dir: Path, vocab_size: int = 800, seed: int = 0
+) -> Path:
+    """A tiny random mBART, Marian or Pegasus (their own model classes: mBART's decoder inputs wrap the last
+    token to the front, Marian and Pegasus start decoding from the padding id and use sinusoidal positions),
+    with the byte-level BPE tokenizer trained here (the architecture is what is under test, not the
+    checkpoints' SentencePiece vocabularies)."""
+    from transformers import (
+        MarianConfig,
+        MarianMTModel,
+        MBartConfig,
+        MBartForConditionalGeneration,
+        PegasusConfig,
+        PegasusForConditionalGeneration,
+    )
+
+    tokenizer = _bpe_tokenizer(data_dir, vocab_size)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    if kind == "mbart":
+        # mBART-50's checkpoints start decoding from </s>; their decoder inputs wrap the last token (</s>) around
+        config: object = MBartConfig(
+            **_bart_like(tokenizer, bos_token_id=tokenizer.bos_token_id, decoder_start_token_id=eos)
+        )
+        make: object = MBartForConditionalGeneration
+    elif kind == "marian":
+        config = MarianConfig(
+            **_bart_like(tokenizer, decoder_start_token_id=pad, decoder_vocab_size=len(tokenizer))
+        )
+        make = MarianMTModel
+    elif kind == "pegasus":
+        config = PegasusConfig(**_bart_like(tokenizer, decoder_start_token_id=pad))
+        make = PegasusForConditionalGeneration
+    else:
+        raise ValueError(kind)
+    return _save(directory, _seeded(lambda: make(config), seed), tokenizer)  # type: ignore[operator]

@@ -18,6 +18,7 @@ reads a T5 one) or the whole checkpoint (``shared``: ``AutoModelForSeq2SeqLM.fro
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,18 @@ def load_pretrained(path: str, local_files_only: bool) -> nn.Module:
     is built (its heads may copy it)."""
     from transformers import AutoModelForSeq2SeqLM
 
-    return AutoModelForSeq2SeqLM.from_pretrained(path, local_files_only=local_files_only)
+    return freeze_rebuilt(AutoModelForSeq2SeqLM.from_pretrained(path, local_files_only=local_files_only))
+
+
+def freeze_rebuilt(model: nn.Module) -> nn.Module:
+    """Freeze the tensors the architecture rebuilds itself and never saves (``_keys_to_ignore_on_save``:
+    Marian's sinusoidal positions). ``from_pretrained`` hands them back trainable (transformers 5), and a
+    trained copy would be lost at the first save: the reloaded model would decode differently."""
+    rebuilt = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_save", None) or ()]
+    for name, param in model.named_parameters():
+        if any(r.search(name) for r in rebuilt):
+            param.requires_grad_(False)
+    return model
 
 
 def load_saved(directory: Path, config: Any) -> nn.Module:
@@ -212,7 +224,13 @@ def load_saved(directory: Path, config: Any) -> nn.Module:
         )
     state = model.state_dict()
     stored = {state[k].data_ptr() for k in tensors if k in state}
-    missing = [k for k in result.missing_keys if state[k].data_ptr() not in stored]
+    # what the architecture rebuilds itself and save_pretrained leaves out (Marian's sinusoidal positions)
+    rebuilt = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_missing", None) or ()]
+    missing = [
+        k
+        for k in result.missing_keys
+        if state[k].data_ptr() not in stored and not any(r.search(k) for r in rebuilt)
+    ]
     if missing:
         raise MtfuseError(f"{path}: missing tensor '{missing[0]}' of {type(model).__name__}")
     return model.eval()
