@@ -84,7 +84,7 @@ def tasks(data: Path, new_tokens: int) -> dict[str, dict[str, Any]]:
         "rte": {
             "name": "rte",
             "type": "pair_classification",
-            "data": {"format": "glue", "path": str(data / "glue"), "task": "RTE"},
+            "data": {"format": "glue", "path": str(data / "glue" / "RTE"), "task": "RTE"},
         },
     }
 
