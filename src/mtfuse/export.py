@@ -225,6 +225,11 @@ def export_onnx(run_dir: Path, out: Path, quantize: str | None, log: Any = print
     return meta
 
 
+def not_exported(task: str, why: str) -> MtfuseError:
+    """The error for a task of the run that its ONNX export left out (``left_out`` in export.json)."""
+    return MtfuseError(f"task '{task}' is not in the ONNX export ({why}); the torch backend has it")
+
+
 def _plain_copy(model_dir: Path, task: str) -> str:
     """Where a generation task's model is as plain transformers loads it (what optimum exports)."""
     hf = model_dir / rundir.HF / task
@@ -318,9 +323,7 @@ class OnnxModel:
         if unknown:
             why = self.left_out.get(unknown[0])
             if why:
-                raise MtfuseError(
-                    f"task '{unknown[0]}' is not in the ONNX export ({why}); the torch backend has it"
-                )
+                raise not_exported(unknown[0], why)
             raise MtfuseError(f"unknown task '{unknown[0]}'; this model has tasks [{', '.join(self.specs)}]")
         ids = batch["input_ids"]
         feed = {

@@ -145,9 +145,9 @@ class Predictor:
         if name not in self.tasks:
             why = getattr(self.model, "left_out", {}).get(name)  # an ONNX export's generation tasks
             if why:
-                raise MtfuseError(
-                    f"task '{name}' is not in the ONNX export ({why}); the torch backend has it"
-                )
+                from mtfuse.export import not_exported
+
+                raise not_exported(name, why)
             raise MtfuseError(f"unknown task '{name}'; this run has [{', '.join(self.tasks)}]")
         return self.tasks[name]
 

@@ -375,9 +375,8 @@ def _write_hf_copies(model_dir: Path, specs: list[dict[str, Any]]) -> None:
     """``model/hf/<task>/`` for each generation task with its own decoder, as training writes them: the merged
     encoder with that task's decoder, loadable by plain transformers (``model.hf_copies``)."""
     from mtfuse.model import MultiTaskModel
-    from mtfuse.model.heads import HEADS
 
-    if not any(hasattr(HEADS.get(s["head"]), "save_hf") for s in specs):
+    if not any(s.get("task_type") == "generation" for s in specs):
         return  # no generation head: nothing to write, and no need to load the model
     model, tokenizer = MultiTaskModel.load(model_dir)
     model.save_hf(model_dir / rundir.HF, tokenizer)
