@@ -10,9 +10,10 @@ Each method runs in its own fresh subprocess (peak memory is a per-process high-
   ``mtfuse.train.train`` does, and runs the joint step of ``train.py``: forward of every task; loss-level
   methods ``combine`` + one backward (GradNorm's per-task last-layer gradients, FAMO's loss recomputation
   after the update); gradient-level methods ``task_gradient_matrix`` (one ``autograd.grad`` per task on the
-  shared parameters) + ``aggregate`` + ``write_gradient`` + the heads' own gradients; then clip 1.0, AdamW
-  step, zero grad. The batches are collated once beforehand (by the parent, with mtfuse's ``prepare_tasks`` /
-  ``BatchStream`` / ``collate``), so data loading is not timed;
+  shared parameters, into G's storage kept between steps, as the training step does) + ``aggregate`` +
+  ``write_gradient`` + the heads' own gradients; then clip 1.0, AdamW step, zero grad. The batches are
+  collated once beforehand (by the parent, with mtfuse's ``prepare_tasks`` / ``BatchStream`` / ``collate``),
+  so data loading is not timed;
 * after ``--warmup`` warm-up steps, times ``--steps`` steps of the method interleaved with as many ``equal``
   steps on the same batches in the same process (order alternating): the step-time ratio to ``equal`` is
   taken there, so a load that changes between processes (a shared machine) cancels out. Medians (ms per step
@@ -257,6 +258,7 @@ def worker(setup_path: Path, method: str, result_path: Path) -> None:
     shared_ids = {id(p) for p in shared}
     own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]
     grad_method = weighting.is_gradient_method
+    kept: dict[str, Any] = {"G": None}
 
     def sync() -> float:
         if cuda:
@@ -274,7 +276,8 @@ def worker(setup_path: Path, method: str, result_path: Path) -> None:
         ph["forward"] = t1 - t0
         if grad_method:
             order = weighting.tasks
-            G = task_gradient_matrix([losses[t] for t in order], shared, retain_last=True)
+            G = task_gradient_matrix([losses[t] for t in order], shared, retain_last=True, out=kept["G"])
+            kept["G"] = G  # as the training step: G's storage is kept between steps
             loss_vec = torch.stack([losses[t].detach().float() for t in order])
             t2 = sync()
             d = weighting.aggregate(G, loss_vec, i)

@@ -91,3 +91,41 @@ def test_task_gradient_matrix_and_write_gradient() -> None:
     torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in params]), G.sum(0))
     with pytest.raises(ValueError, match="entries"):
         write_gradient(params, torch.zeros(G.shape[1] + 1))
+
+
+def test_task_gradient_matrix_fills_a_kept_buffer_in_place() -> None:
+    """The training step keeps G's storage between steps: filled in place, stale values never survive."""
+    torch.manual_seed(0)
+    lin, unused = nn.Linear(3, 2), nn.Parameter(torch.ones(4))
+    params = [*lin.parameters(), unused]
+
+    def losses(seed: int) -> list[torch.Tensor]:
+        out = lin(torch.randn(5, 3, generator=torch.Generator().manual_seed(seed)))
+        return [out[:, 0].pow(2).mean(), out[:, 1].abs().mean()]
+
+    fresh = task_gradient_matrix(losses(2), params)
+    buf = torch.full_like(fresh, float("nan"))
+    G = task_gradient_matrix(losses(2), params, out=buf)
+    assert G.data_ptr() == buf.data_ptr()
+    torch.testing.assert_close(G, fresh, rtol=0, atol=0)
+    assert torch.all(G[:, -4:] == 0)  # the unused parameter's columns: zeros, not the NaNs left in the buffer
+    other = task_gradient_matrix(losses(3), params, out=G)  # the next step's batch overwrites every entry
+    torch.testing.assert_close(other, task_gradient_matrix(losses(3), params), rtol=0, atol=0)
+    wrong = torch.zeros(1, fresh.shape[1])  # a buffer of another shape is left alone
+    again = task_gradient_matrix(losses(2), params, out=wrong)
+    assert again.data_ptr() != wrong.data_ptr() and torch.all(wrong == 0)
+    torch.testing.assert_close(again, fresh, rtol=0, atol=0)
+
+
+def test_write_gradient_makes_views_not_copies() -> None:
+    lin = nn.Linear(3, 2)
+    params = list(lin.parameters())
+    vector = torch.arange(8, dtype=torch.float32)
+    write_gradient(params, vector)
+    assert all(p.grad.untyped_storage().data_ptr() == vector.untyped_storage().data_ptr() for p in params)
+    torch.testing.assert_close(lin.bias.grad, torch.tensor([6.0, 7.0]))
+    write_gradient(params, vector, accumulate=True)  # accumulating adds in place
+    torch.testing.assert_close(lin.weight.grad.reshape(-1), 2 * torch.arange(6, dtype=torch.float32))
+    half = nn.Linear(3, 2).to(torch.bfloat16)  # another dtype: converted (a copy)
+    write_gradient(list(half.parameters()), vector)
+    assert half.weight.grad.dtype == torch.bfloat16

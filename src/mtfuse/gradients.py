@@ -14,57 +14,85 @@ from torch import Tensor, nn
 
 
 def task_gradient_matrix(
-    losses: list[Tensor], params: list[nn.Parameter], retain_last: bool = False
+    losses: list[Tensor],
+    params: list[nn.Parameter],
+    retain_last: bool = False,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """``G[k] = d losses[k] / d params`` flattened (zeros where a parameter is unused by that task)."""
-    rows = []
+    """``G[k] = d losses[k] / d params`` flattened (zeros where a parameter is unused by that task).
+
+    Each task's gradients are copied straight into their row, and freed before the next task's backward: no
+    concatenated row and no stacked copy, so the step holds ``G`` and one task's gradients at most. ``out``, a
+    float32 ``[K, P]`` buffer on the parameters' device, is filled in place and returned (the training step
+    keeps one between steps: a fresh K x P allocation every step costs as much time as the copies)."""
+    K, P = len(losses), sum(p.numel() for p in params)
+    device = params[0].device
+    if out is not None and out.shape == (K, P) and out.dtype == torch.float32 and out.device == device:
+        G = out
+    else:
+        G = torch.empty(K, P, dtype=torch.float32, device=device)
     for k, loss in enumerate(losses):
-        keep = retain_last or k < len(losses) - 1
+        keep = retain_last or k < K - 1
         grads = torch.autograd.grad(loss, params, retain_graph=keep, allow_unused=True)
-        rows.append(
-            torch.cat(
-                [
-                    (g if g is not None else torch.zeros_like(p)).reshape(-1).float()
-                    for g, p in zip(grads, params, strict=True)
-                ]
-            )
-        )
-    return torch.stack(rows)
+        offset = 0
+        for g, p in zip(grads, params, strict=True):
+            n = p.numel()
+            if g is None:
+                G[k, offset : offset + n].zero_()
+            else:
+                G[k, offset : offset + n].copy_(g.reshape(-1))
+            offset += n
+        del grads
+    return G
 
 
 def write_gradient(params: list[nn.Parameter], vector: Tensor, accumulate: bool = False) -> None:
-    """Unflatten ``vector`` into the parameters' ``.grad`` (the layout of ``task_gradient_matrix``)."""
+    """Unflatten ``vector`` into the parameters' ``.grad`` (the layout of ``task_gradient_matrix``).
+
+    The gradients are views of ``vector`` (no copy) when the dtypes match: the optimizer and clipping work on
+    them in place, and the caller must not reuse ``vector`` before the optimizer step."""
     offset = 0
     for p in params:
         n = p.numel()
-        g = vector[offset : offset + n].view_as(p).to(p.dtype)
+        g = vector[offset : offset + n].view_as(p)
+        if g.dtype != p.dtype or g.device != p.device:
+            g = g.to(device=p.device, dtype=p.dtype)
         if accumulate and p.grad is not None:
             p.grad.add_(g)
         else:
-            p.grad = g.clone()
+            p.grad = g
         offset += n
     if offset != vector.numel():
         raise ValueError(f"gradient vector has {vector.numel()} entries, parameters {offset}")
 
 
-GRAMIAN_BLOCK = 1 << 22  # columns of G cast to float64 at a time (32 MiB per task)
+#: columns of G cast to float64 at a time. On a CPU a block small enough to stay in cache (3 tasks: 768 KiB)
+#: makes the cast and the product one pass over G, 6x faster than 4M-column blocks (55 against 345 ms for
+#: K = 3 and MiniLM's 22.7M parameters, one thread); a GPU wants few, large blocks (32 MiB per task)
+GRAMIAN_BLOCK = {"cpu": 1 << 15}
+GRAMIAN_BLOCK_DEFAULT = 1 << 22
 
 
-def gramian(G: torch.Tensor, block: int = GRAMIAN_BLOCK) -> torch.Tensor:
+def gramian(G: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """``G @ G.T`` accumulated in float64, on G's device (the CPU for devices without float64, e.g. MPS).
 
     In float32 the Gramian of nearly opposed gradients (``1 + cos ~ 1e-7``) loses most of its small
     eigenvalue, and the methods' weights then differ by tens of percent from those of the exact Gramian of
-    the same ``G``. The columns are cast a block at a time, so no float64 copy of the whole ``G`` is made.
+    the same ``G``. The columns are cast a block at a time into one reused buffer, so no float64 copy of the
+    whole ``G`` is made.
     """
     device = G.device if G.device.type not in ("mps",) else torch.device("cpu")
     K, P = G.shape
     if G.dtype == torch.float64 and G.device == device:
         return G @ G.T
+    if block is None:
+        block = GRAMIAN_BLOCK.get(device.type, GRAMIAN_BLOCK_DEFAULT)
     Q = torch.zeros(K, K, dtype=torch.float64, device=device)
+    buf = torch.empty(K, min(block, max(P, 1)), dtype=torch.float64, device=device)
     for start in range(0, P, block):
-        part = G[:, start : start + block].to(device=device, dtype=torch.float64)
-        Q += part @ part.T
+        part = buf[:, : min(block, P - start)]
+        part.copy_(G[:, start : start + block])
+        Q.addmm_(part, part.T)
     return Q
 
 

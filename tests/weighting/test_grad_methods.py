@@ -465,6 +465,55 @@ def test_graddrop() -> None:
     assert torch.all(torch.isclose(d, pos) | torch.isclose(d, neg))
 
 
+def test_graddrop_by_column_blocks_is_the_whole_matrix_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GradDrop runs over blocks of columns (no [K, P] temporaries): any block size gives the same update."""
+    import mtfuse.weighting.graddrop as gd
+
+    G = grads(3, P=1000, seed=4)
+    G[:, 10:20] = 0.0  # coordinates where every task gradient is zero
+    whole = graddrop(G, 0.2, seeded_generator(5))
+    monkeypatch.setattr(gd, "BLOCK", 7)
+    torch.testing.assert_close(graddrop(G, 0.2, seeded_generator(5)), whole, rtol=0, atol=0)
+    # and the per-coordinate rule, written out for the whole matrix
+    U = torch.rand(G.shape[1], generator=seeded_generator(5), dtype=G.dtype)
+    total, mass = G.sum(0), G.abs().sum(0)
+    purity = torch.where(mass > 0, 0.5 * (1 + total / torch.where(mass > 0, mass, 1.0)), 0.5)
+    keep = ((purity > U) & (G > 0)) | ((purity < U) & (G < 0))
+    torch.testing.assert_close(whole, ((0.2 + 0.8 * keep) * G).sum(0))
+
+
+def test_stateful_methods_update_their_state_in_place_as_their_pure_step() -> None:
+    """MoCo, DB-MTL and ExcessMTL keep a [K, P] state; ``out=state`` updates it in place with the pure result."""
+    G, L = grads(3, seed=6), torch.tensor([0.5, 2.0, 1.0], dtype=F64)
+    y, lam = grads(3, seed=7), torch.full((3,), 1 / 3, dtype=F64)
+    d, y_new, _ = moco(G, y.clone(), lam, 2, rho=0.1)
+    y_in = y.clone()
+    d_in, y_out, _ = moco(G, y_in, lam, 2, rho=0.1, out=y_in)
+    assert y_out.data_ptr() == y_in.data_ptr()
+    torch.testing.assert_close(y_out, y_new)
+    torch.testing.assert_close(d_in, d)
+    torch.testing.assert_close(y_new, y - 0.5 / math.sqrt(2) * (y - G))  # the paper's update, written out
+
+    buf = grads(3, seed=8)
+    d, new = db_mtl(G, L, buf.clone(), 3, beta=0.9, beta_sigma=0.5)
+    b_in = buf.clone()
+    d_in, b_out = db_mtl(G, L, b_in, 3, beta=0.9, beta_sigma=0.5, out=b_in)
+    assert b_out.data_ptr() == b_in.data_ptr()
+    torch.testing.assert_close(b_out, new)
+    torch.testing.assert_close(d_in, d)
+
+    s0 = excess_mtl_init(G)
+    _, s1 = excess_mtl(G, s0)
+    d2, s2 = excess_mtl(2 * G, s1)
+    kept = s1.sq_grad_sum.clone()
+    d2_in, s2_in = excess_mtl(2 * G, s1._replace(sq_grad_sum=kept), out=kept)
+    assert s2_in.sq_grad_sum.data_ptr() == kept.data_ptr()
+    torch.testing.assert_close(s2_in.sq_grad_sum, s2.sq_grad_sum)
+    torch.testing.assert_close(s2_in.sq_grad_sum, 5 * G**2)
+    torch.testing.assert_close(d2_in, d2)
+    torch.testing.assert_close(s2_in.weights, s2.weights)
+
+
 def test_gradvac_first_step_is_pcgrad_and_tracks_the_cosines() -> None:
     G = grads(2, seed=5)
     d, phi = gradvac(G, torch.zeros(2, 2, dtype=F64), beta=0.5, generator=seeded_generator(0))

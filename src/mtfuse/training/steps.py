@@ -39,6 +39,7 @@ class StepContext:
     shared_named: list[tuple[str, torch.nn.Parameter]]  # parameters every task uses (that train)
     own: list[torch.nn.Parameter]  # heads and other task-own parameters
     pad_id: int
+    gradient_buffer: torch.Tensor | None = None  # G's storage, kept between gradient-level steps
 
     @classmethod
     def build(
@@ -106,7 +107,8 @@ def gradient_level_backward(
     The unwrapped model runs (DDP would reduce each backward); the matrix is reduced here by hand."""
     losses = task_losses(ctx, ctx.core, batches)
     order, shared = ctx.weighting.tasks, ctx.shared
-    G = task_gradient_matrix([losses[t] for t in order], shared, retain_last=True)
+    G = task_gradient_matrix([losses[t] for t in order], shared, retain_last=True, out=ctx.gradient_buffer)
+    ctx.gradient_buffer = G
     if ctx.world > 1:
         G = ctx.acc.reduce(G, reduction="mean")  # every process aggregates the same matrix
     loss_vec = torch.stack([losses[t].detach().float() for t in order])

@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mtfuse.weighting.base import GradientMethod, register
 
+BLOCK = 1 << 16  # columns of G at a time
+
 
 def db_mtl(
     G: torch.Tensor,
@@ -31,10 +33,17 @@ def db_mtl(
     beta: float = 0.9,
     beta_sigma: float = 0.0,
     eps: float = 1e-8,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DB-MTL step (call number ``t >= 1``): ``(update, new_buffer)``; the inputs are not modified."""
-    log_grads = G / (losses.detach().to(G) + eps)[:, None]
-    new = log_grads + (beta / t**beta_sigma) * (buffer - log_grads)
+    """One DB-MTL step (call number ``t >= 1``): ``(update, new_buffer)``. The inputs are not modified,
+    except ``out`` (``[K, P]``), which receives ``new_buffer`` when given (``out=buffer``: in place)."""
+    denom = losses.detach().to(G) + eps
+    c = beta / t**beta_sigma
+    new = torch.empty_like(G) if out is None else out
+    for s in range(0, G.shape[1], BLOCK):  # log_grads + c (buffer - log_grads) by column blocks: no [K, P]
+        torch.lerp(
+            G[:, s : s + BLOCK] / denom[:, None], buffer[:, s : s + BLOCK], c, out=new[:, s : s + BLOCK]
+        )
     norms = new.norm(dim=1)
     alpha = norms.max() / (norms + eps)
     return alpha @ new, new
@@ -64,7 +73,7 @@ class DBMTL(GradientMethod):
         buf = torch.zeros_like(G) if self.buffer is None else self.buffer.to(G)
         self.t += 1
         p = self.params
-        d, self.buffer = db_mtl(G.detach(), losses, buf, self.t, p.beta, p.beta_sigma, p.eps)
+        d, self.buffer = db_mtl(G.detach(), losses, buf, self.t, p.beta, p.beta_sigma, p.eps, out=buf)
         return d
 
     def state_dict(self) -> dict[str, Any]:

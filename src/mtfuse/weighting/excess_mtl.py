@@ -27,6 +27,8 @@ from mtfuse.weighting._linalg import combine_rows
 from mtfuse.weighting._state import floats
 from mtfuse.weighting.base import GradientMethod, register
 
+BLOCK = 1 << 16  # columns of G at a time
+
 
 class ExcessMTLState(NamedTuple):
     weights: torch.Tensor  # [K] float64, on the simplex
@@ -43,12 +45,23 @@ def excess_mtl_init(G: torch.Tensor) -> ExcessMTLState:
 
 
 def excess_mtl(
-    G: torch.Tensor, state: ExcessMTLState, robust_step_size: float = 1.0, n_warmup_steps: int = 0
+    G: torch.Tensor,
+    state: ExcessMTLState,
+    robust_step_size: float = 1.0,
+    n_warmup_steps: int = 0,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ExcessMTLState]:
-    """One ExcessMTL step: ``(update, new_state)``; the inputs are not modified."""
-    sq = G.detach() ** 2
-    S = state.sq_grad_sum + sq
-    excess = (sq / torch.sqrt(S + 1e-7)).sum(dim=1).to("cpu", torch.float64)
+    """One ExcessMTL step: ``(update, new_state)``. The inputs are not modified, except ``out`` (``[K, P]``),
+    which receives the new squared-gradient sum when given (``out=state.sq_grad_sum``: in place)."""
+    G = G.detach()
+    S = torch.empty_like(G) if out is None else out
+    excess = torch.zeros(G.shape[0], dtype=G.dtype, device=G.device)
+    for s in range(0, G.shape[1], BLOCK):  # column blocks: [K, block] temporaries, not [K, P]
+        g, S_b = G[:, s : s + BLOCK], S[:, s : s + BLOCK]
+        sq = g * g
+        torch.add(state.sq_grad_sum[:, s : s + BLOCK], sq, out=S_b)
+        excess += sq.div_(S_b.add(1e-7).sqrt_()).sum(dim=1)
+    excess = excess.to("cpu", torch.float64)
     weights, baseline, warm = state.weights, state.baseline, state.warmup_sum
     if state.n_steps < n_warmup_steps:
         new = ExcessMTLState(weights, S, baseline, warm + excess, state.n_steps + 1)
@@ -94,7 +107,8 @@ class ExcessMTL(GradientMethod):
                 raise RuntimeError("excess_mtl: resumed without its tensor state (load_tensor_state_dict)")
             self.sq_grad_sum = torch.zeros_like(G)
         state = ExcessMTLState(self.w, self.sq_grad_sum.to(G), self.baseline, self.warmup_sum, self.n_steps)
-        d, new = excess_mtl(G, state, self.params.robust_step_size, self.params.n_warmup_steps)
+        p = self.params
+        d, new = excess_mtl(G, state, p.robust_step_size, p.n_warmup_steps, out=state.sq_grad_sum)
         self.w, self.sq_grad_sum, self.baseline, self.warmup_sum, self.n_steps = new
         self._record(self.w)
         return d

@@ -40,9 +40,12 @@ def moco(
     gamma: float = 0.1,
     gamma_sigma: float = 0.5,
     rho: float = 0.0,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One MoCo step (call number ``t >= 1``): ``(update, new_y, new_lambda)``; inputs are not modified."""
-    y_new = y - (beta / t**beta_sigma) * (y - G)
+    """One MoCo step (call number ``t >= 1``): ``(update, new_y, new_lambda)``. The inputs are not modified,
+    except ``out`` (``[K, P]``), which receives ``new_y`` when given (``out=y`` updates it in place)."""
+    c = beta / t**beta_sigma  # y - c (y - G) = lerp(y, G, c): one pass, no [K, P] temporaries
+    y_new = torch.lerp(y, G, c) if out is None else torch.lerp(y, G, c, out=out)
     Q = as_np(gramian(y_new))
     lam_np = lam.detach().to("cpu", torch.float64).numpy()
     step = (gamma / t**gamma_sigma) * (Q @ lam_np + rho * lam_np)
@@ -78,8 +81,9 @@ class MoCo(GradientMethod):
             self.y = torch.zeros_like(G)
         self.t += 1
         p = self.params
+        y = self.y.to(G)
         d, self.y, self.lam = moco(
-            G.detach(), self.y.to(G), self.lam, self.t, p.beta, p.beta_sigma, p.gamma, p.gamma_sigma, p.rho
+            G.detach(), y, self.lam, self.t, p.beta, p.beta_sigma, p.gamma, p.gamma_sigma, p.rho, out=y
         )
         self._record(self.lam)
         return d
