@@ -18,17 +18,25 @@ without a GPU, ``full`` with one):
 
 The CPU profile is what fits an hour: a BERT2BERT step on MiniLM (two 22M-parameter stacks and a
 30,522-word output layer, batch 16) takes seconds on 2 cores, so the ``full`` size (4,000 steps in all) would
-take hours there.
+take hours there. Each system trains in its own ``mtfuse train`` process, ``--jobs`` of them at once (2 on a
+CPU, one torch thread each: two small models use two cores better than one model uses two threads).
 
-A rerun keeps the systems that finished with the same config (their recorded wall time too).
+Runs go to ``benchmarks/runs/generation/<size>/``. A rerun keeps the systems that finished with the same
+config (their recorded wall time too). Beside each metric the JSON gives how many different texts a system
+decoded on the dev subset (``distinct_outputs``): a decoder that ignores its source decodes a few texts for
+every input.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs" / "generation"
+
+LR = 1e-4  # every system's learning rate (AdamW, linear decay after 10% warm-up)
 
 SIZES = {  # train / eval examples per task, steps per single-task run, decoding length
     "quick": {"train": 256, "eval": 32, "steps": 40, "new_tokens": 24, "batch": 16},
@@ -89,7 +99,9 @@ def tasks(data: Path, new_tokens: int) -> dict[str, dict[str, Any]]:
     }
 
 
-def config(task_list: list[dict[str, Any]], size: dict[str, int], steps: int, cache: Path) -> dict[str, Any]:
+def config(
+    task_list: list[dict[str, Any]], size: dict[str, int], steps: int, cache: Path, lr: float
+) -> dict[str, Any]:
     return {
         "tasks": task_list,
         "cache_dir": str(cache),
@@ -98,7 +110,7 @@ def config(task_list: list[dict[str, Any]], size: dict[str, int], steps: int, ca
             "max_steps": steps,
             "batch_size": size["batch"],
             "eval_batch_size": 32,
-            "lr": 1e-4,
+            "lr": lr,
             "warmup_ratio": 0.1,
             "tensorboard": False,
             "progress": False,
@@ -110,30 +122,52 @@ def config(task_list: list[dict[str, Any]], size: dict[str, int], steps: int, ca
     }
 
 
-def train(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    from mtfuse.cli import main
-
-    out = RUNS / name
-    path = RUNS / f"{name}.yaml"
-    timing = RUNS / f"{name}.seconds.json"
+def train(runs: Path, name: str, cfg: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Train one system into ``runs/name`` with ``mtfuse train`` in its own process (``threads`` torch
+    threads), unless a run with this very config already finished (the profile takes about an hour on a CPU:
+    reruns resume)."""
+    out = runs / name
+    path = runs / f"{name}.yaml"
+    timing = runs / f"{name}.seconds.json"
     text = yaml.safe_dump(cfg)
-    # a rerun keeps a system that finished with this very config (the profile takes about an hour on a CPU)
     done = (out / "results.json").is_file() and path.is_file() and path.read_text() == text
     if not (done and timing.is_file()):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+        args = ["train", str(path), "--output", str(out), *(["--overwrite"] if out.exists() else [])]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        code = "import sys; from mtfuse.cli import main; main(sys.argv[1:])"
         t0 = time.perf_counter()
-        main(
-            ["train", str(path), "--output", str(out), "--overwrite"]
-            if out.exists()
-            else ["train", str(path), "--output", str(out)]
-        )
+        log = runs / f"{name}.log"
+        with log.open("w", encoding="utf-8") as fh:
+            rc = subprocess.run(
+                [sys.executable, "-c", code, *args], env=env, stdout=fh, stderr=subprocess.STDOUT
+            )
+        if rc.returncode:
+            raise SystemExit(f"{name}: mtfuse train failed (exit {rc.returncode}); see {log}")
         timing.write_text(json.dumps({"wall_seconds": time.perf_counter() - t0}), encoding="utf-8")
     seconds = json.loads(timing.read_text())["wall_seconds"]
     metrics = json.loads((out / "metrics.json").read_text())
     losses = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     loss = {k: v for r in losses for k, v in r.items() if k.startswith("loss/")}
-    return {"metrics": metrics["tasks"], "wall_seconds": round(seconds, 1), "last_loss": loss}
+    return {
+        "metrics": metrics["tasks"],
+        "distinct_outputs": distinct_outputs(out),
+        "wall_seconds": round(seconds, 1),
+        "last_loss": loss,
+    }
+
+
+def distinct_outputs(run: Path) -> dict[str, int]:
+    """How many different texts each generation task decoded on its dev subset: a model that ignores its
+    source (a decoder that has learnt the target language but not yet to read the encoder) decodes one or
+    a few texts for every input, whatever its BLEU or ROUGE."""
+    out = {}
+    for path in sorted((run / "predictions").glob("*.jsonl")):
+        rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        if rows and isinstance(rows[0].get("text"), str):
+            out[path.stem] = len({r["text"] for r in rows})
+    return out
 
 
 def baselines(task_cfgs: dict[str, dict[str, Any]], size: dict[str, int]) -> dict[str, dict[str, float]]:
@@ -172,6 +206,14 @@ def main() -> None:
     ap.add_argument("--size", choices=list(SIZES), default=None, help="default: full on a GPU, else cpu")
     ap.add_argument("--quick", action="store_true", help="the same as --size quick")
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--lr", type=float, default=LR, help=f"learning rate of every system (default {LR})")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="systems trained at once, one process each (default: 2 on a CPU, 1 on a GPU)",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads a job (default: cores / jobs)")
     args = ap.parse_args()
     size_name = "quick" if args.quick else args.size or ("full" if torch.cuda.is_available() else "cpu")
     size = SIZES[size_name]
@@ -186,21 +228,34 @@ def main() -> None:
         "baselines": baselines(tc, size),
         "systems": {},
     }
-    for name in gen_names:
-        result["systems"][f"single:{name}"] = train(
-            f"single-{name}", config([tc[name]], size, size["steps"], cache)
-        )
-    result["systems"]["multi:3 generation"] = train(
-        "multi", config([tc[n] for n in gen_names], size, 3 * size["steps"], cache)
-    )
-    result["systems"]["multi:3 generation + rte"] = train(
-        "multi-rte", config([tc[n] for n in [*gen_names, "rte"]], size, 4 * size["steps"], cache)
-    )
+    systems = {  # (run folder, config); the dearest first, so that parallel jobs end together
+        "multi:3 generation + rte": ("multi-rte", [*gen_names, "rte"], 4),
+        "multi:3 generation": ("multi", gen_names, 3),
+        **{f"single:{n}": (f"single-{n}", [n], 1) for n in ("scitldr", "dailydialog", "multi30k")},
+    }
+    jobs = max(1, min(args.jobs or (1 if torch.cuda.is_available() else 2), len(systems)))
+    threads = max(1, (os.cpu_count() or 1) // jobs) if args.threads is None else args.threads
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each job is its own `mtfuse train` process
+        futures = {
+            key: pool.submit(
+                train,
+                RUNS / size_name,  # one folder per size: a quick check never replaces the profile's runs
+                folder,
+                config([tc[n] for n in names], size, k * size["steps"], cache, args.lr),
+                threads,
+            )
+            for key, (folder, names, k) in systems.items()
+        }
+        done = {key: f.result() for key, f in futures.items()}
+    order = [f"single:{n}" for n in gen_names] + ["multi:3 generation", "multi:3 generation + rte"]
+    result["systems"] = {key: done[key] for key in order}
     device = "gpu" if torch.cuda.is_available() else "cpu"
     result.update(
         wall_seconds=round(time.perf_counter() - t0, 1),
         device=device,
-        torch_threads=torch.get_num_threads(),
+        jobs=jobs,
+        torch_threads_per_job=threads,
+        lr=args.lr,
         python=platform.python_version(),
         model="packaged all-MiniLM-L6-v2 warm-started BERT2BERT (greedy decoding)",
     )
