@@ -153,6 +153,7 @@ def train(runs: Path, name: str, cfg: dict[str, Any], threads: int) -> dict[str,
     return {
         "metrics": metrics["tasks"],
         "distinct_outputs": distinct_outputs(out),
+        "trained_in_this_call": not (done and timing.is_file()),
         "wall_seconds": round(seconds, 1),
         "last_loss": loss,
     }
