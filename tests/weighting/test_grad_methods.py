@@ -467,12 +467,12 @@ def test_graddrop() -> None:
 
 def test_graddrop_by_column_blocks_is_the_whole_matrix_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """GradDrop runs over blocks of columns (no [K, P] temporaries): any block size gives the same update."""
-    import mtfuse.weighting.graddrop as gd
+    import mtfuse.weighting._linalg as la
 
     G = grads(3, P=1000, seed=4)
     G[:, 10:20] = 0.0  # coordinates where every task gradient is zero
     whole = graddrop(G, 0.2, seeded_generator(5))
-    monkeypatch.setattr(gd, "BLOCK", 7)
+    monkeypatch.setattr(la, "COLUMN_BLOCK", 7)
     torch.testing.assert_close(graddrop(G, 0.2, seeded_generator(5)), whole, rtol=0, atol=0)
     # and the per-coordinate rule, written out for the whole matrix
     U = torch.rand(G.shape[1], generator=seeded_generator(5), dtype=G.dtype)

@@ -19,6 +19,17 @@ def as_np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
 
+#: columns of G per block in the elementwise methods (GradDrop, DB-MTL, ExcessMTL): their [K, block]
+#: temporaries stay in cache, and none is [K, P]
+COLUMN_BLOCK = 1 << 16
+
+
+def column_blocks(P: int, block: int | None = None) -> list[slice]:
+    """Slices covering ``range(P)`` in blocks of ``block`` columns (default ``COLUMN_BLOCK``)."""
+    b = block or COLUMN_BLOCK
+    return [slice(s, s + b) for s in range(0, P, b)]
+
+
 def combine_rows(w: torch.Tensor | np.ndarray, G: torch.Tensor) -> torch.Tensor:
     """``sum_k w_k G_k`` in G's dtype and device."""
     w_t = torch.as_tensor(w, dtype=torch.float64).to(device=G.device, dtype=G.dtype)

@@ -20,9 +20,8 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from mtfuse.weighting._linalg import column_blocks
 from mtfuse.weighting.base import GradientMethod, register
-
-BLOCK = 1 << 16  # columns of G at a time
 
 
 def db_mtl(
@@ -40,10 +39,8 @@ def db_mtl(
     denom = losses.detach().to(G) + eps
     c = beta / t**beta_sigma
     new = torch.empty_like(G) if out is None else out
-    for s in range(0, G.shape[1], BLOCK):  # log_grads + c (buffer - log_grads) by column blocks: no [K, P]
-        torch.lerp(
-            G[:, s : s + BLOCK] / denom[:, None], buffer[:, s : s + BLOCK], c, out=new[:, s : s + BLOCK]
-        )
+    for cols in column_blocks(G.shape[1]):  # log_grads + c (buffer - log_grads) by blocks: no [K, P]
+        torch.lerp(G[:, cols] / denom[:, None], buffer[:, cols], c, out=new[:, cols])
     norms = new.norm(dim=1)
     alpha = norms.max() / (norms + eps)
     return alpha @ new, new

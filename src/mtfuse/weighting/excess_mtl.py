@@ -23,11 +23,9 @@ from typing import Any, NamedTuple
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from mtfuse.weighting._linalg import combine_rows
+from mtfuse.weighting._linalg import column_blocks, combine_rows
 from mtfuse.weighting._state import floats
 from mtfuse.weighting.base import GradientMethod, register
-
-BLOCK = 1 << 16  # columns of G at a time
 
 
 class ExcessMTLState(NamedTuple):
@@ -56,10 +54,10 @@ def excess_mtl(
     G = G.detach()
     S = torch.empty_like(G) if out is None else out
     excess = torch.zeros(G.shape[0], dtype=G.dtype, device=G.device)
-    for s in range(0, G.shape[1], BLOCK):  # column blocks: [K, block] temporaries, not [K, P]
-        g, S_b = G[:, s : s + BLOCK], S[:, s : s + BLOCK]
+    for cols in column_blocks(G.shape[1]):  # [K, block] temporaries, not [K, P]
+        g, S_b = G[:, cols], S[:, cols]
         sq = g * g
-        torch.add(state.sq_grad_sum[:, s : s + BLOCK], sq, out=S_b)
+        torch.add(state.sq_grad_sum[:, cols], sq, out=S_b)
         excess += sq.div_(S_b.add(1e-7).sqrt_()).sum(dim=1)
     excess = excess.to("cpu", torch.float64)
     weights, baseline, warm = state.weights, state.baseline, state.warmup_sum

@@ -23,10 +23,9 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from mtfuse.weighting._linalg import column_blocks
 from mtfuse.weighting._state import generator_state, seeded_generator, set_generator_state
 from mtfuse.weighting.base import GradientMethod, register
-
-BLOCK = 1 << 16  # columns of G at a time: the [K, block] temporaries stay in cache, none is [K, P]
 
 
 def graddrop(
@@ -43,8 +42,8 @@ def graddrop(
     leak_t = torch.as_tensor(leak, dtype=G.dtype, device=G.device).expand(K).contiguous()
     U = torch.rand(P_, generator=generator, dtype=G.dtype).to(G.device)  # one draw for all P, as TorchJD
     out = torch.empty(P_, dtype=G.dtype, device=G.device)
-    for s in range(0, P_, BLOCK):  # column blocks: the maths is per coordinate
-        g, u = G[:, s : s + BLOCK], U[s : s + BLOCK]
+    for cols in column_blocks(P_):  # the maths is per coordinate
+        g, u = G[:, cols], U[cols]
         plus = g.clamp(min=0)
         minus = g - plus  # exactly the negative parts
         mass = plus.sum(dim=0) - minus.sum(dim=0)
@@ -52,7 +51,7 @@ def graddrop(
         purity = (g.sum(dim=0) / mass).add_(1.0).mul_(0.5).nan_to_num_(nan=0.5)
         side = torch.sign(purity - u)  # +1: the positive parts pass; -1: the negative ones; 0 (a tie): none
         # arithmetic, not boolean masks: torch.where and comparisons are several times slower on the CPU
-        o = out[s : s + BLOCK]
+        o = out[cols]
         torch.mv(g.T, leak_t, out=o)
         o.addcmul_(side.clamp(min=0), torch.mv(plus.T, 1.0 - leak_t))
         o.addcmul_(side.clamp(max=0), torch.mv(minus.T, 1.0 - leak_t), value=-1.0)
