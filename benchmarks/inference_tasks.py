@@ -334,7 +334,7 @@ def build_run(args: argparse.Namespace, work: Path) -> tuple[Path, Path, dict[st
 
 def native_bf16() -> bool:
     try:
-        from mtfuse.predict import native_cpu_bf16
+        from mtfuse.machine import native_cpu_bf16
     except ImportError:  # mtfuse before Predictor had a precision
         return False
     return native_cpu_bf16()

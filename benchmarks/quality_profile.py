@@ -28,6 +28,9 @@ Four steps, each resumable (a run that already has its output is kept):
     mlm      masked language modelling as an auxiliary task (issue 13): the mtl-equal arm again plus one
              masked_lm task per task on that task's own train rows (``subset_as``), against the seed's mtl-equal
              and single-task runs -> results/quality_profile-mlm-s<SEED>.json and .md.
+    precision
+             bf16 autocast against fp32 (issue 12): the mtl-equal arm trained again in bf16 for each seed
+             (--seeds 1,2,3), against the seed's fp32 mtl-equal -> results/quality_profile-bf16.json and .md.
     table    means and standard deviations over the seeds that have results -> results/quality_profile.json and
              .md, with the majority-class baselines and the goals of issue 16.
 
@@ -396,8 +399,10 @@ def run(args: argparse.Namespace, profile: Profile = CPU) -> None:
 
 
 def run_command(args: argparse.Namespace, profile: Profile) -> str:
-    """The ``run`` (or ``mlm``) command as its results JSON records it (the CPU profile's as it always was)."""
-    command = f"benchmarks/quality_profile.py{profile.flag} {args.step} --seed {args.seed}"
+    """The ``run`` (``mlm``, ``precision``) command as its results JSON records it (the CPU profile's as it
+    always was)."""
+    seeds = f"--seed {args.seed}" if hasattr(args, "seed") else f"--seeds {args.seeds}"
+    command = f"benchmarks/quality_profile.py{profile.flag} {args.step} {seeds}"
     if args.work is not None:
         command += f" --work {args.work}"
     return command + "".join(f" --set {o}" for o in profile.overrides)
@@ -557,6 +562,18 @@ def mlm_config(work: Path, profile: Profile = CPU) -> Path:
     return path
 
 
+def scored(run: Path) -> dict[str, Any]:
+    """A finished training's dev metrics per task, with its cost."""
+    got = json.loads((run / "metrics.json").read_text())
+    res = json.loads((run / "results.json").read_text())
+    return {
+        "metrics": got["tasks"],
+        "train_seconds": res.get("cost", {}).get("train_seconds"),
+        "precision": res.get("cost", {}).get("precision"),
+        "steps": res.get("total_steps"),
+    }
+
+
 def mlm(args: argparse.Namespace, profile: Profile = CPU) -> None:
     """Masked language modelling as an auxiliary task (issue 13 §4): the mtl-equal arm again with an MLM task
     on each task's own train text, against the seed's mtl-equal and single-task runs, on dev."""
@@ -576,15 +593,6 @@ def mlm(args: argparse.Namespace, profile: Profile = CPU) -> None:
             "--overwrite",
             log=out.with_suffix(".log"),
         )
-
-    def scored(run: Path) -> dict[str, Any]:
-        got = json.loads((run / "metrics.json").read_text())
-        res = json.loads((run / "results.json").read_text())
-        return {
-            "metrics": got["tasks"],
-            "train_seconds": res.get("cost", {}).get("train_seconds"),
-            "steps": res.get("total_steps"),
-        }
 
     with_mlm, equal = scored(out), scored(work / "mtl-equal")
     single = {t: task_score(scored(work / f"st-{t}")["metrics"][t]) for t in TASKS}
@@ -632,6 +640,87 @@ def mlm(args: argparse.Namespace, profile: Profile = CPU) -> None:
     lines.append(
         "Dev perplexity of the MLM tasks: "
         + ", ".join(f"{k} {v:.1f}" for k, v in result["perplexity"].items())
+    )
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------------------------- precision
+
+
+def precision(args: argparse.Namespace, profile: Profile = CPU) -> None:
+    """bf16 autocast against fp32 (issue 12 §1): the mtl-equal arm trained again with ``train.precision=bf16``
+    for each seed, beside that seed's fp32 mtl-equal (as ``run`` trains it), scored on dev. Do the dev scores
+    stay within seed noise? Within: for each task and the average, the bf16 mean over the seeds differs from
+    the fp32 mean by at most the larger of the two arms' standard deviations over the seeds."""
+    seeds = [int(x) for x in args.seeds.split(",")]
+    for seed in seeds:
+        work = profile.work / f"s{seed}"
+        train(work / "mtl-equal", seed, "train.precision=no", profile=profile)
+        train(work / "mtl-equal-bf16", seed, "train.precision=bf16", profile=profile)
+    if args.train_only:
+        return
+    arms: dict[str, dict[int, dict[str, Any]]] = {"fp32": {}, "bf16": {}}
+    for seed in seeds:
+        work = profile.work / f"s{seed}"
+        for arm, run in (("fp32", work / "mtl-equal"), ("bf16", work / "mtl-equal-bf16")):
+            got = scored(run)
+            got["tasks"] = {t: task_score(got["metrics"][t]) for t in TASKS}
+            got["average"] = statistics.fmean(got["tasks"].values())
+            arms[arm][seed] = got
+    keys = [*TASKS, "average"]
+
+    def value(r: dict[str, Any], k: str) -> float:
+        return r["average"] if k == "average" else r["tasks"][k]
+
+    summary: dict[str, Any] = {}
+    for k in keys:
+        f = [value(arms["fp32"][s], k) for s in seeds]
+        b = [value(arms["bf16"][s], k) for s in seeds]
+        (fm, fsd), (bm, bsd) = mean_sd(f), mean_sd(b)
+        noise = max(x for x in (fsd, bsd, 0.0) if x is not None)
+        summary[k] = {
+            "fp32": {"mean": fm, "sd": fsd},
+            "bf16": {"mean": bm, "sd": bsd},
+            "difference": bm - fm,
+            "paired_differences": [y - x for x, y in zip(f, b, strict=True)],
+            "seed_noise": noise,
+            "within_seed_noise": abs(bm - fm) <= noise if len(seeds) > 1 else None,
+        }
+    result = {
+        "benchmark": "quality_profile precision",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": run_command(args, profile),
+        "seeds": seeds,
+        **profile_record(profile),
+        "machine": machine(),
+        "note": "the mtl-equal arm (same config, seed and data) in fp32 and with bf16 autocast "
+        "(train.precision=bf16; on a CPU mtfuse then runs eager attention, see training/setup.py); dev scores. "
+        "train_seconds of runs made at different times on a shared machine are not a speed comparison: "
+        "benchmarks/trainer_throughput.py measures speed side by side",
+        "arms": {a: {str(s): r for s, r in v.items()} for a, v in arms.items()},
+        "summary": summary,
+        "within_seed_noise": all(v["within_seed_noise"] for v in summary.values())
+        if len(seeds) > 1
+        else None,
+    }
+    path = profile.result("-bf16")
+    write_json(path, result)
+    lines = [
+        f"bf16 autocast against fp32, the mtl-equal arm of the quality profile, dev, seeds "
+        f"{', '.join(map(str, seeds))} (mean ± sd over seeds):",
+        "",
+        "| | " + " | ".join(keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
+    for arm in ("fp32", "bf16"):
+        lines.append(f"| {arm} | " + " | ".join(fmt(summary[k][arm]) for k in keys) + " |")
+    lines.append("| bf16 − fp32 | " + " | ".join(f"{summary[k]['difference']:+.2f}" for k in keys) + " |")
+    lines.append(
+        "| within seed noise | "
+        + " | ".join({True: "yes", False: "no", None: "-"}[summary[k]["within_seed_noise"]] for k in keys)
+        + " |"
     )
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -910,6 +999,10 @@ def parser() -> argparse.ArgumentParser:
     ml = sub.add_parser("mlm", help="the mtl-equal arm with masked LM on each task's own text (issue 13)")
     ml.add_argument("--seed", type=int, required=True)
     smoke_options(ml)
+    pr = sub.add_parser("precision", help="the mtl-equal arm in bf16 against fp32, over seeds (issue 12)")
+    pr.add_argument("--seeds", default="1,2,3", help="comma list (default 1,2,3)")
+    pr.add_argument("--train-only", action="store_true", help="train the missing runs, write no result")
+    smoke_options(pr)
     sub.add_parser("table", help="mean ± sd over seeds, markdown + JSON")
     return p
 
@@ -920,7 +1013,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.step == "search":
         search(args)
     else:
-        {"run": run, "merges": merges, "mlm": mlm, "table": table}[args.step](args, profile)
+        {"run": run, "merges": merges, "mlm": mlm, "precision": precision, "table": table}[args.step](
+            args, profile
+        )
 
 
 if __name__ == "__main__":

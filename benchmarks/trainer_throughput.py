@@ -65,7 +65,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeats", type=int, default=1, help="measure both this many times, alternating; report medians"
     )
     p.add_argument(
-        "--hf-optim", default="adamw_torch", help="Trainer optim (adamw_torch = mtfuse's torch AdamW)"
+        "--hf-optim",
+        default="adamw_torch_fused",
+        help="Trainer optim (adamw_torch_fused: the Trainer's default and mtfuse's fused torch AdamW)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="both tools' precision (bf16: autocast); auto: bf16 on a GPU that has it, else fp32",
     )
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present")
     p.add_argument(
@@ -125,7 +133,7 @@ def sst2_batches(
 
 
 def mtfuse_run(
-    args: argparse.Namespace, steps: int, subset: int, warmup_lr: int, name: str
+    args: argparse.Namespace, steps: int, subset: int, warmup_lr: int, name: str, bf16: bool
 ) -> dict[str, Any]:
     from mtfuse import config as config_mod
     from mtfuse.train import train
@@ -146,6 +154,7 @@ def mtfuse_run(
         "train.tensorboard=false",
         "train.progress=false",
         "train.keep_checkpoints=1",
+        f"train.precision={'bf16' if bf16 else 'no'}",
     ]
     if args.cpu:
         overrides.append("train.cpu=true")
@@ -158,10 +167,10 @@ def mtfuse_run(
     return rec
 
 
-def measure_mtfuse(args: argparse.Namespace, subset: int, warmup_lr: int) -> dict[str, Any]:
+def measure_mtfuse(args: argparse.Namespace, subset: int, warmup_lr: int, bf16: bool) -> dict[str, Any]:
     W, S, B = args.warmup, args.steps, args.batch_size
-    short = mtfuse_run(args, W, subset, warmup_lr, "mtfuse-w")
-    full = mtfuse_run(args, W + S, subset, warmup_lr, "mtfuse-ws")
+    short = mtfuse_run(args, W, subset, warmup_lr, "mtfuse-w", bf16)
+    full = mtfuse_run(args, W + S, subset, warmup_lr, "mtfuse-ws", bf16)
     seconds = full["cost"]["train_seconds"] - short["cost"]["train_seconds"]
     cpu = full["process_cpu_seconds"] - short["process_cpu_seconds"]
     return {
@@ -280,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     from mtfuse.model import load_tokenizer
 
     cuda = torch.cuda.is_available() and not args.cpu
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     tag = "cuda" if cuda else "cpu"
     W, S, B = args.warmup, args.steps, args.batch_size
@@ -291,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     expected = [max(b) for b in lengths]
 
     print(f"warming up mtfuse ({W} steps)...", flush=True)
-    mtfuse_run(args, W, subset, warmup_lr, "mtfuse-warmup")
+    mtfuse_run(args, W, subset, warmup_lr, "mtfuse-warmup", bf16)
     reps: list[dict[str, Any]] = []
     for r in range(args.repeats):
         order = ("mtfuse", "trainer") if r % 2 == 0 else ("trainer", "mtfuse")
@@ -299,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         for which in order:
             print(f"repeat {r + 1}/{args.repeats}: {which}...", flush=True)
             if which == "mtfuse":
-                rep["mtfuse"] = measure_mtfuse(args, subset, warmup_lr)
+                rep["mtfuse"] = measure_mtfuse(args, subset, warmup_lr, bf16)
             else:
                 rep["trainer"] = measure_trainer(args, ordered, warmup_lr, cuda, bf16)
         rep["trainer"]["same_batches_as_mtfuse"] = rep["trainer"].pop("padded_lengths") == expected

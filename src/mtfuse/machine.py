@@ -28,3 +28,13 @@ def device_tag(cpu: bool) -> tuple[str, str]:
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-").removeprefix("nvidia-")
         return (slug.split("-")[0] or "gpu"), name
     return "cpu", f"{cpu_name()}, {os.cpu_count()} cores"
+
+
+def native_cpu_bf16() -> bool:
+    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX tiles): there bf16 autocast is faster than fp32
+    (inference about 2x, training 1.3-1.4x on MiniLM). Elsewhere torch emulates bf16, which is slower than fp32."""
+    import torch
+
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)

@@ -16,6 +16,7 @@ from mtfuse import rundir
 from mtfuse.config import DataConfig, RunConfig
 from mtfuse.errors import MtfuseError
 from mtfuse.evaluate import outside_index, predict_encoded, records, word_level
+from mtfuse.machine import native_cpu_bf16
 from mtfuse.model import MultiTaskModel
 from mtfuse.tasks.features import Encoded, TaskData, Tokenizing, collate, encode_rows, resolve_fields
 from mtfuse.tasks.readers import READERS
@@ -35,14 +36,6 @@ def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise MtfuseError(f"--backend '{backend}': choose from [{', '.join(BACKENDS)}]")
     return backend
-
-
-def native_cpu_bf16() -> bool:
-    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX tiles): there bf16 inference is about twice as
-    fast as fp32. Elsewhere torch emulates bf16, which is slower than fp32."""
-    cpu = torch.cpu
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
 def check_precision(precision: str) -> str:

@@ -42,6 +42,7 @@ from mtfuse.training.log import RunLog, check_trackers, trackers_of
 from mtfuse.training.setup import (
     Schedule,
     build_optimizer,
+    cpu_bf16_attention,
     head_dropout,
     head_specs,
     lr_lambda,
@@ -97,6 +98,7 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
     if source is not None:
         specs = init_specs(specs, source)  # a head that cannot be reused stops the run here
     model = MultiTaskModel.build(encoder, specs, cfg.model.sharing)
+    cpu_bf16_attention(model, acc)
     init_heads = load_init_heads(model, source) if source is not None else []
     pad_id = tokenizer.pad_token_id or 0
     if tr.batch_size < world:
