@@ -82,3 +82,7 @@ def test_bf16_training_on_the_cpu_runs_records_bf16_and_saves_a_plain_model(
     saved = json.loads((run / "model" / "config.json").read_text())
     assert not any("attn" in k for k in saved)
     assert AutoModel.from_pretrained(run / "model").config._attn_implementation == "sdpa"
+    # and fp32 again in the same process: accelerate's state from the bf16 run must not refuse it
+    code, _, err = run_cli(["train", path, *common, "train.precision=no", "--output", tmp_path / "fp32"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "fp32" / "results.json").read_text())["cost"]["precision"] == "no"

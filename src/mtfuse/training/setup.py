@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
 from mtfuse.batching import BatchStream
@@ -46,6 +47,11 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     cpu = cfg.train.cpu or (launched and not torch.cuda.is_available())
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")  # launch --use_fsdp
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, precision):
+        # a second train() in one process (the Python API, a notebook) at another precision: accelerate keeps
+        # the first's and would refuse. Only the precision state goes; the process group (PartialState) stays.
+        AcceleratorState._reset_state()
     try:
         acc = Accelerator(cpu=cpu, mixed_precision=precision, kwargs_handlers=[ddp])
     except RuntimeError as err:
