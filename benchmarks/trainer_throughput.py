@@ -3,8 +3,10 @@
 Both train the packaged MiniLM (mtfuse: ``MultiTaskModel`` with one pooler classification head;
 Trainer: ``AutoModelForSequenceClassification``, the same architecture) on a seeded SST-2 train subset read
 with mtfuse's GLUE reader, with the same batch size, max length, AdamW + linear schedule with warm-up,
-gradient clipping 1.0, dynamic padding, bf16 autocast on a GPU / fp32 on the CPU, for the same number of
-steps, in one process.
+gradient clipping 1.0, dynamic padding, the same precision (``--precision``: bf16 autocast on a GPU / fp32 on
+the CPU by default; ``defaults`` gives each tool its own default instead: mtfuse's ``auto``, bf16 where the
+hardware has it natively, CPUs with AVX512-BF16 / AMX included, against the Trainer's fp32), for the same
+number of steps, in one process.
 The Trainer reads the examples in exactly the batches mtfuse draws (its ``BatchStream`` order, fed through a
 sequential sampler and ``DataCollatorWithPadding``), so both pad the same batches to the same lengths.
 
@@ -26,6 +28,8 @@ Timing (the first ``--warmup`` steps of each are excluded):
 The ratio printed is mtfuse / Trainer of the steady-state figures.
 
     .venv/bin/python benchmarks/trainer_throughput.py --steps 20 --repeats 3           # CPU
+    .venv/bin/python benchmarks/trainer_throughput.py --steps 20 --repeats 3 --precision defaults \
+        --output benchmarks/results/trainer_throughput-cpu-defaults.json                 # each tool's defaults
     .venv/bin/python benchmarks/trainer_throughput.py --steps 300 --warmup 20 --repeats 3   # GPU
 """
 
@@ -71,9 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16"],
+        choices=["auto", "fp32", "bf16", "defaults"],
         default="auto",
-        help="both tools' precision (bf16: autocast); auto: bf16 on a GPU that has it, else fp32",
+        help="both tools' precision (bf16: autocast); auto: bf16 on a GPU that has it, else fp32; defaults: "
+        "each tool's own default (mtfuse train.precision=auto: bf16 on a GPU or CPU with native bf16; the "
+        "Trainer: fp32)",
     )
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is present")
     p.add_argument(
@@ -133,7 +139,7 @@ def sst2_batches(
 
 
 def mtfuse_run(
-    args: argparse.Namespace, steps: int, subset: int, warmup_lr: int, name: str, bf16: bool
+    args: argparse.Namespace, steps: int, subset: int, warmup_lr: int, name: str, precision: str
 ) -> dict[str, Any]:
     from mtfuse import config as config_mod
     from mtfuse.train import train
@@ -154,7 +160,7 @@ def mtfuse_run(
         "train.tensorboard=false",
         "train.progress=false",
         "train.keep_checkpoints=1",
-        f"train.precision={'bf16' if bf16 else 'no'}",
+        f"train.precision={precision}",
     ]
     if args.cpu:
         overrides.append("train.cpu=true")
@@ -167,10 +173,10 @@ def mtfuse_run(
     return rec
 
 
-def measure_mtfuse(args: argparse.Namespace, subset: int, warmup_lr: int, bf16: bool) -> dict[str, Any]:
+def measure_mtfuse(args: argparse.Namespace, subset: int, warmup_lr: int, precision: str) -> dict[str, Any]:
     W, S, B = args.warmup, args.steps, args.batch_size
-    short = mtfuse_run(args, W, subset, warmup_lr, "mtfuse-w", bf16)
-    full = mtfuse_run(args, W + S, subset, warmup_lr, "mtfuse-ws", bf16)
+    short = mtfuse_run(args, W, subset, warmup_lr, "mtfuse-w", precision)
+    full = mtfuse_run(args, W + S, subset, warmup_lr, "mtfuse-ws", precision)
     seconds = full["cost"]["train_seconds"] - short["cost"]["train_seconds"]
     cpu = full["process_cpu_seconds"] - short["process_cpu_seconds"]
     return {
@@ -290,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
 
     cuda = torch.cuda.is_available() and not args.cpu
     bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+    # the Trainer runs bf16 iff ``bf16``; mtfuse too, except under "defaults", where it resolves its own auto
+    mt_precision = "auto" if args.precision == "defaults" else "bf16" if bf16 else "no"
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     tag = "cuda" if cuda else "cpu"
     W, S, B = args.warmup, args.steps, args.batch_size
@@ -300,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     expected = [max(b) for b in lengths]
 
     print(f"warming up mtfuse ({W} steps)...", flush=True)
-    mtfuse_run(args, W, subset, warmup_lr, "mtfuse-warmup", bf16)
+    mtfuse_run(args, W, subset, warmup_lr, "mtfuse-warmup", mt_precision)
     reps: list[dict[str, Any]] = []
     for r in range(args.repeats):
         order = ("mtfuse", "trainer") if r % 2 == 0 else ("trainer", "mtfuse")
@@ -308,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         for which in order:
             print(f"repeat {r + 1}/{args.repeats}: {which}...", flush=True)
             if which == "mtfuse":
-                rep["mtfuse"] = measure_mtfuse(args, subset, warmup_lr, bf16)
+                rep["mtfuse"] = measure_mtfuse(args, subset, warmup_lr, mt_precision)
             else:
                 rep["trainer"] = measure_trainer(args, ordered, warmup_lr, cuda, bf16)
         rep["trainer"]["same_batches_as_mtfuse"] = rep["trainer"].pop("padded_lengths") == expected
@@ -328,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     ratio_cpu = statistics.median(x["ratio_cpu_time"] for x in reps)
     line = (
         f"mtfuse {m:.1f} samples/s, HF Trainer {h:.1f} samples/s, ratio {ratio:.2f} "
-        f"({tag}{', bf16' if bf16 else ', fp32'}, {S} steps, batch {B}"
+        f"({tag}, mtfuse {reps[0]['mtfuse']['precision']}, Trainer {'bf16' if bf16 else 'fp32'}, {S} steps, "
+        f"batch {B}"
         f"{f', median of {args.repeats}' if args.repeats > 1 else ''})"
     )
     result = {
@@ -353,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
             "schedule": "linear",
             "weight_decay": 0.01,
             "max_grad_norm": 1.0,
-            "precision": "bf16" if bf16 else "fp32",
+            "precision": {"mtfuse": reps[0]["mtfuse"]["precision"], "trainer": "bf16" if bf16 else "fp32"},
+            "precision_option": args.precision,
             "timed_steps": S,
             "untimed_warmup_steps": W,
             "hf_optim": args.hf_optim,

@@ -340,7 +340,7 @@ class TrainConfig(Strict):
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     warmup_steps: NonNegativeInt | None = None
     max_grad_norm: PositiveFloat | None = Field(1.0, allow_inf_nan=False)
-    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 where native, else fp32
 
     eval_every: PositiveInt | None = None  # steps; default: once per epoch
     checkpoint_every: PositiveInt | None = None  # steps; default: eval_every

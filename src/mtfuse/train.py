@@ -48,6 +48,7 @@ from mtfuse.training.setup import (
     lr_lambda,
     make_accelerator,
     make_streams,
+    restore_attention,
 )
 from mtfuse.training.signals import Interrupted, stop_on_signals
 from mtfuse.training.state import Resumable
@@ -98,7 +99,7 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
     if source is not None:
         specs = init_specs(specs, source)  # a head that cannot be reused stops the run here
     model = MultiTaskModel.build(encoder, specs, cfg.model.sharing)
-    cpu_bf16_attention(model, acc)
+    switched_attention = cpu_bf16_attention(model, acc)
     init_heads = load_init_heads(model, source) if source is not None else []
     pad_id = tokenizer.pad_token_id or 0
     if tr.batch_size < world:
@@ -119,7 +120,11 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
         optimizer, lr_lambda(tr.scheduler, sched.warmup, sched.total)
     )
     model, optimizer = acc.prepare(model, optimizer)  # the scheduler is stepped by hand: once per step
+    # prepare() wraps forward in the training precision's autocast; the steps enter it themselves
+    # (steps.task_losses), and evaluations stay fp32, as `mtfuse evaluate` scores the saved model
+    acc.unwrap_model(model, keep_fp32_wrapper=False)
     ctx = StepContext.build(acc, model, tasks, weighting, pad_id)
+    ctx.eager_attention = switched_attention
     if weighting.is_gradient_method and not ctx.shared:
         raise MtfuseError(
             f"weighting '{cfg.weighting.method}' works on the shared parameters, and this model has "
@@ -241,6 +246,7 @@ def _train(plan: Any, out: Path, acc: Any, resume: bool, overwrite: bool) -> dic
                 log.close()
                 raise Interrupted(f"interrupted at step {state.step}; resume with --resume")
     bar.close()
+    restore_attention(ctx.core, switched_attention)  # the saved model and its final scores: SDPA, as loaded
     return finish(cfg, out, acc, ctx.core, tokenizer, tasks, state, sched, last_eval, log)
 
 

@@ -100,6 +100,9 @@ def config_path(
             "log_every": 3,
             "tensorboard": True,
             "progress": False,
+            # fp32 on every machine: only there do 1 and 2 processes agree to 1e-5 (bf16's rounding depends on
+            # how the batch is split; auto is bf16 on CPUs with native bf16)
+            "precision": "no",
         },
     }
     if torch.cuda.is_available():

@@ -34,7 +34,14 @@ def _cfg(**train: object):
     )
 
 
-def test_auto_is_fp32_on_the_cpu_and_an_explicit_choice_is_kept() -> None:
+def test_auto_is_bf16_on_a_cpu_with_native_bf16_else_fp32_and_an_explicit_choice_is_kept(monkeypatch) -> None:
+    import mtfuse.training.setup as setup_mod
+
+    monkeypatch.setattr(setup_mod.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(setup_mod, "native_cpu_bf16", lambda: True)
+    assert train_precision(_cfg(cpu=True)) == "bf16"
+    assert train_precision(_cfg(cpu=True, precision="no")) == "no"
+    monkeypatch.setattr(setup_mod, "native_cpu_bf16", lambda: False)  # emulated bf16 is slower than fp32
     assert train_precision(_cfg(cpu=True)) == "no"
     assert train_precision(_cfg(cpu=True, precision="bf16")) == "bf16"
     assert train_precision(_cfg(precision="no")) == "no"
@@ -78,6 +85,13 @@ def test_bf16_training_on_the_cpu_runs_records_bf16_and_saves_a_plain_model(
     metrics = json.loads((run / "metrics.json").read_text())["tasks"]
     assert set(metrics) == {"sst2", "conll"}
     assert all(v == v for m in metrics.values() for v in m.values())  # no NaN from bf16
+    # the final scores are fp32's: `mtfuse evaluate` (fp32) gives metrics.json exactly
+    code, _, err = run_cli(["evaluate", run, "subset.eval=16", "--output", tmp_path / "again.json"])
+    assert code == 0, err
+    assert json.loads((tmp_path / "again.json").read_text())["tasks"] == metrics
+    for task in ("sst2", "conll"):  # and the same probabilities (bf16's would differ in the 3rd digit)
+        trained = (run / "predictions" / f"{task}.jsonl").read_text()
+        assert trained == (run / "predictions" / "dev" / f"{task}.jsonl").read_text()
     # the eager switch is not saved: the encoder reloads with transformers' default attention
     saved = json.loads((run / "model" / "config.json").read_text())
     assert not any("attn" in k for k in saved)

@@ -10,6 +10,7 @@ from mtfuse.config import TrainConfig
 from mtfuse.evaluate import evaluate_tasks, with_average
 from mtfuse.training.finish import save_model_atomic
 from mtfuse.training.log import RunLog
+from mtfuse.training.setup import sdpa_attention
 from mtfuse.training.state import Resumable
 from mtfuse.training.steps import StepContext, conflict_diagnostics
 
@@ -28,9 +29,12 @@ def evaluate_and_log(
 
     Returns the evaluation (step, metrics, outputs), reused at the end when it scored the final weights."""
     acc, state = ctx.acc, run.loop
-    metrics, outputs = evaluate_tasks(
-        ctx.core, ctx.tasks, "dev", tr.eval_batch_size, acc.device, ctx.pad_id, acc.autocast
-    )
+    # fp32 with the model's own attention, whatever the training precision: the scores that pick the best
+    # checkpoint and stop early are the ones `mtfuse evaluate` gives for those weights
+    with sdpa_attention(ctx.core, ctx.eager_attention):
+        metrics, outputs = evaluate_tasks(
+            ctx.core, ctx.tasks, "dev", tr.eval_batch_size, acc.device, ctx.pad_id
+        )
     result = with_average(metrics)
     if state.best_score is None or result["average"] > state.best_score:
         state.best_score, state.best_step, state.evals_since_best = result["average"], state.step, 0

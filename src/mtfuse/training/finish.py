@@ -62,12 +62,13 @@ def finish(
     acc.wait_for_everyone()
     if not main:
         return {}
+    # every evaluation is fp32 (training.evaluation): the last one, when it scored these weights, is final
     if final_model is core and last_eval.get("step") == state.step:
         metrics, outputs = last_eval["metrics"], last_eval["outputs"]
     else:
         pad_id = tokenizer.pad_token_id or 0
         metrics, outputs = evaluate_tasks(
-            final_model, tasks, "dev", cfg.train.eval_batch_size, acc.device, pad_id, acc.autocast
+            final_model, tasks, "dev", cfg.train.eval_batch_size, acc.device, pad_id
         )
     final = with_average(metrics)
     final["examples"] = {n: t.examples("dev") for n, t in tasks.items()}

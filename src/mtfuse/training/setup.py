@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import resource
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from mtfuse.batching import BatchStream
 from mtfuse.config import RunConfig
 from mtfuse.errors import MtfuseError
+from mtfuse.machine import native_cpu_bf16
 from mtfuse.model import HeadSpec, MultiTaskModel
 from mtfuse.tasks.features import TaskData
 
@@ -23,18 +26,19 @@ CPU_DDP = " On CPUs, train data-parallel instead: accelerate launch --multi_gpu 
 
 
 def train_precision(cfg: RunConfig) -> str:
-    """``train.precision`` as accelerate takes it: ``auto`` is bf16 on a GPU that has it, else ``no`` (fp32).
+    """``train.precision`` as accelerate takes it: ``auto`` is bf16 where bf16 is native, else ``no`` (fp32).
 
-    On a CPU ``auto`` stays fp32 for now. bf16 autocast trained MiniLM 1.1-1.4x faster than fp32 on a CPU with
-    native bf16 (AVX512-BF16 / AMX; ``machine.native_cpu_bf16``), with dev scores as fp32's on the quality
-    profile (benchmarks/results/quality_profile-bf16.md); ``train.precision: bf16`` asks for it. Making it
-    ``auto``'s choice there needs the test suite checked under bf16 first.
+    Native: a GPU that supports bf16, or a CPU with AVX512-BF16 / AMX (``machine.native_cpu_bf16``). On such a
+    CPU bf16 autocast trained MiniLM 1.4x faster than fp32 (benchmarks/results/trainer_throughput-cpu-bf16.json)
+    with dev scores within seed noise of fp32's on the quality profile, seeds 1-3
+    (benchmarks/results/quality_profile-bf16.md). A CPU without it would emulate bf16, slower than fp32.
     """
     precision = cfg.train.precision
     if precision != "auto":
         return precision
-    gpu = torch.cuda.is_available() and not cfg.train.cpu
-    return "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
+    if torch.cuda.is_available() and not cfg.train.cpu:
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if native_cpu_bf16() else "no"
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -90,6 +94,26 @@ def cpu_bf16_attention(model: torch.nn.Module, acc: Accelerator) -> list[str]:
             m.set_attn_implementation("eager")  # sets its sub-configs too (an encoder-decoder's halves)
             switched.append(name)
     return switched
+
+
+def restore_attention(model: torch.nn.Module, switched: list[str]) -> None:
+    """Undo :func:`cpu_bf16_attention` (the modules it named go back to SDPA): the final fp32 evaluation then
+    computes exactly what `mtfuse evaluate` does on the saved model."""
+    for name, m in model.named_modules():
+        if name in switched:
+            m.set_attn_implementation("sdpa")
+
+
+@contextlib.contextmanager
+def sdpa_attention(model: torch.nn.Module, switched: list[str]) -> Iterator[None]:
+    """SDPA for the duration (an evaluation: no backward), then eager again for the training steps."""
+    restore_attention(model, switched)
+    try:
+        yield
+    finally:
+        for name, m in model.named_modules():
+            if name in switched:
+                m.set_attn_implementation("eager")
 
 
 def head_dropout(cfg: RunConfig, encoder: Any) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ class StepContext:
     own: list[torch.nn.Parameter]  # heads and other task-own parameters
     pad_id: int
     gradient_buffer: torch.Tensor | None = None  # G's storage, kept between gradient-level steps
+    eager_attention: list[str] = field(default_factory=list)  # setup.cpu_bf16_attention's switched modules
 
     @classmethod
     def build(
