@@ -4,7 +4,9 @@ The models: N encoders saved from seeded random perturbations of the packaged Mi
 22.7 M parameters, 87 MB in float32): each tensor plus Gaussian noise of ``--noise`` x its own std, saved as
 an mtfuse run directory (``model/`` = Hugging Face ``save_pretrained`` layout + one classification head).
 The merge: TIES (density 0.5, lambda 1, sign by sum, mean over agreeing models) and linear (uniform average)
-of N = 2, 4, 8 inputs onto the MiniLM base, float32, on the CPU.
+of N = 2, 4, 8 (``--inputs``, e.g. 2,4,8,16) inputs onto the MiniLM base, float32, on the CPU; also task
+arithmetic (lambda 1) and Model Breadcrumbs (density 0.9, gamma 0.01, lambda 1) with ``--methods``. Memory is
+also given as a multiple of one model's size (``*_merge_anon_x_model``).
 
 mergekit's CLI (``mergekit-yaml``, 0.1.5) cannot merge these BERT encoders: planning crashes with
 ``TypeError: can only concatenate list (not "tuple") to list`` (``plan.py``, the optional
@@ -33,9 +35,9 @@ imports); for the CLI row, around the whole command. Memory, two figures, both f
 For the CLI row: ``ru_maxrss`` of the child (``wait4``) and its ``RssAnon`` sampled by the parent. Both tools
 read files from the page cache (every input is read once before the first measurement). The outputs are
 compared tensor by tensor (``max_abs_diff``, ``entries_differing`` = entries further apart than 1e-6):
-linear agrees exactly; TIES differs only where task-vector entries tie in magnitude at the top-k boundary
-(``torch.topk`` in mtfuse, ``torch.argsort`` in mergekit break such ties differently; with an odd number of
-entries, mtfuse keeps round(0.5 n) and mergekit int(0.5 n), none here).
+linear agrees exactly; TIES differs only where task-vector entries tie in magnitude at the trim cut
+(mtfuse keeps every entry tied with the cut, mergekit's ``torch.argsort`` keeps some by index; with an odd
+number of entries, mtfuse keeps round(0.5 n) and mergekit int(0.5 n), none here).
 
     .venv/bin/python benchmarks/merge_bench.py                      # N = 2, 4, 8; ties and linear
     .venv/bin/python benchmarks/merge_bench.py --inputs 2,4 --methods ties --repeats 3
@@ -64,6 +66,11 @@ METHODS = {  # the same merge in both tools' vocabulary
         {"weight": 1.0, "density": 0.5, "lambda": 1.0, "normalize": True},
     ),
     "linear": ({}, {"weight": 1.0, "normalize": True}),
+    "task_arithmetic": ({"scale": 1.0}, {"weight": 1.0, "lambda": 1.0}),
+    "breadcrumbs": (
+        {"density": 0.9, "gamma": 0.01, "scale": 1.0},
+        {"weight": 1.0, "density": 0.9, "gamma": 0.01, "lambda": 1.0},
+    ),
 }
 
 
@@ -196,7 +203,7 @@ def measure_in_process(
         from safetensors.torch import load_file, save_file
 
         _, theirs = METHODS[method]
-        uses_base = method == "ties"  # linear: the base is not an input of the average
+        uses_base = method != "linear"  # linear: the base is not an input of the average
         anon0, hwm0 = _status_mb("self", "RssAnon") or 0.0, _status_mb("self", "VmHWM") or 0.0
         with AnonPeak() as peak:
             t0 = time.perf_counter()
@@ -317,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in [base / "model.safetensors", *(r / "model" / "model.safetensors" for r in all_runs)]:
         r.read_bytes()  # into the page cache: both tools start warm
 
+    model_mb = (base / "model.safetensors").stat().st_size / 2**20  # one model: the yardstick of memory
     cli = try_mergekit_cli(base, all_runs[:2], work)
     print(f"mergekit-yaml on 2 BERT encoders: returncode {cli['returncode']} {cli['error'] or ''}")
 
@@ -345,12 +353,15 @@ def main(argv: list[str] | None = None) -> int:
             row["ratio_merge_anon"] = round(a["merge_anon_mb"] / max(b["merge_anon_mb"], 1e-9), 3)
             row["ratio_peak_anon"] = round(a["peak_anon_mb"] / max(b["peak_anon_mb"], 1e-9), 3)
             row["ratio_peak_rss"] = round(a["peak_rss_mb"] / max(b["peak_rss_mb"], 1e-9), 3)
+            row["mtfuse_merge_anon_x_model"] = round(a["merge_anon_mb"] / model_mb, 3)
+            row["mergekit_merge_anon_x_model"] = round(b["merge_anon_mb"] / model_mb, 3)
             rows.append(row)
             cli_s = f"; `mtfuse merge` {row['mtfuse_cli']['seconds']:.1f} s" if "mtfuse_cli" in row else ""
             print(
                 f"{method:6s} N={n}: time mtfuse {a['seconds']:.2f} s, mergekit {b['seconds']:.2f} s "
                 f"(x{row['ratio_time']:.2f}); merge memory mtfuse +{a['merge_anon_mb']:.0f} MB, mergekit "
-                f"+{b['merge_anon_mb']:.0f} MB (x{row['ratio_merge_anon']:.2f}); max |diff| {diff:.1e} "
+                f"+{b['merge_anon_mb']:.0f} MB (x{row['ratio_merge_anon']:.2f}; mtfuse "
+                f"{row['mtfuse_merge_anon_x_model']:.2f} x one model); max |diff| {diff:.1e} "
                 f"({same['entries_differing']} entries){cli_s}"
             )
 
@@ -376,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "setup": {
             "model": "packaged all-MiniLM-L6-v2 (BertModel, 22.7 M parameters, float32)",
+            "model_mb": round(model_mb, 1),
             "noise": args.noise,
             "repeats": args.repeats,
             "methods": {m: {"mtfuse": METHODS[m][0], "mergekit": METHODS[m][1]} for m in methods},

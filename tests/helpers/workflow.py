@@ -4,7 +4,9 @@ Two single-task runs (sst2, conll) and one multi-task run (sst2 + conll) on a 2-
 with three methods (linear, ties, fisher), an ensemble, a stack and a comparison. ``fingerprint`` reduces every
 weight file, prediction file and metrics file to numbers; ``tests/data/workflow_fingerprint.json`` holds the
 figures recorded before the restructuring (``python -m tests.helpers.workflow record``), and
-``tests/test_workflow_fixed.py`` checks that today's code gives the same.
+``tests/test_workflow_fixed.py`` checks that today's code gives the same. One entry was re-recorded since, on
+purpose: merge-ties' word embeddings, when TIES' trim began keeping every entry tied in |value| with its cut
+(two such entries here). The training runs pin ``precision: "no"``: ``auto`` is bf16 on CPUs with native bf16.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ tasks:
   - {name: conll, type: token_classification, data: {format: conll, path: "{data_dir}/conll2003"},
      metrics: [seqeval_f1]}
 model: {pooling: pooler}
-train: {batch_size: 8, lr: 1.0e-3, tensorboard: false, progress: false, max_steps: 4}
+train: {batch_size: 8, lr: 1.0e-3, tensorboard: false, progress: false, max_steps: 4, precision: "no"}
 subset: {train: 32, eval: 24}
 """
 
@@ -117,8 +119,15 @@ def fingerprint(root: Path) -> dict[str, Any]:
     return fp
 
 
+# Floats agree to 2e-6 relative: probabilities are written with 6 decimals, and CPUs whose kernels differ (an
+# AMD EPYC against the Intel Xeon the figures were recorded on) round some of them one unit apart. The stack is
+# fit by scikit-learn's lbfgs (tol 1e-4), whose solution moves ~5e-3 when its inputs move by those 1e-6: its
+# figures agree to 1e-2.
+TOLERANCE, STACK_TOLERANCE = 2e-6, 1e-2
+
+
 def close(a: Any, b: Any, where: str = "") -> list[str]:
-    """Differences between two fingerprints (floats to 1e-6 relative), as readable lines."""
+    """Differences between two fingerprints (floats to ``TOLERANCE`` relative), as readable lines."""
     if isinstance(a, dict) and isinstance(b, dict):
         diffs = [f"{where}/{k}: only in one" for k in sorted(set(a) ^ set(b))]
         for k in sorted(set(a) & set(b)):
@@ -130,7 +139,8 @@ def close(a: Any, b: Any, where: str = "") -> list[str]:
         return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in close(x, y, f"{where}[{i}]")]
     if isinstance(a, float) or isinstance(b, float):
         ok = isinstance(a, (int, float)) and isinstance(b, (int, float))
-        if ok and abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(a)), abs(float(b))):
+        tol = STACK_TOLERANCE if where.split("/")[2:3] == ["stack"] else TOLERANCE
+        if ok and abs(float(a) - float(b)) <= tol * max(1.0, abs(float(a)), abs(float(b))):
             return []
         return [f"{where}: {a} vs {b}"]
     return [] if a == b else [f"{where}: {a!r} vs {b!r}"]

@@ -210,3 +210,37 @@ def test_squared_distance_is_the_float64_value_chunk_by_chunk() -> None:
     want_b = float(((xb.double() - yb.double()) ** 2).sum())
     assert abs(squared_distance(xb, yb, torch.empty(64)) - want_b) <= 1e-5 * want_b
     assert squared_distance(torch.empty(0), torch.empty(0)) == 0.0
+
+
+@pytest.mark.parametrize("method", ["ties", "task_arithmetic", "linear", "breadcrumbs", "breadcrumbs_ties"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_elementwise_methods_merged_in_row_blocks_equal_the_whole_tensor_merge(
+    method: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``merge_blocks`` (what ``merge_state`` does for elementwise methods: TIES' thresholds streamed chunk by
+    chunk, then the maths row block by row block) gives the whole-tensor result bit for bit, for matrices,
+    vectors and scalars, with block and chunk sizes that split rows unevenly."""
+    from mtfuse.fusion.merge import MERGE_METHODS, driver
+
+    m = MERGE_METHODS.get(method)
+    p = m.params(
+        {"density": 0.3, "gamma": 0.1}
+        if "breadcrumbs" in method
+        else {"density": 0.3}
+        if method == "ties"
+        else {}
+    )
+    monkeypatch.setattr(driver, "BLOCK", 3 * 13 * 4)  # 4 rows of 13 per block with 3 inputs
+    monkeypatch.setattr(driver, "CHUNK", 50)
+    g = torch.Generator().manual_seed(1)
+    weights = [1.0, 0.5, 2.0]
+    for shape in [(37, 13), (101,), (5, 2, 3), ()]:
+        base = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+        tensors = [
+            (base.double() + 0.1 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype)
+            for _ in weights
+        ]
+        whole = m.merge(tensors, base, p, weights)
+        blocks = driver.merge_blocks(m, p, tensors, base, weights)
+        assert blocks.dtype == whole.dtype and blocks.shape == whole.shape
+        assert torch.equal(blocks, whole), (shape, dtype)

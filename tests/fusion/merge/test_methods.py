@@ -286,6 +286,26 @@ def test_magnitude_prune_keeps_the_largest():
     assert P.magnitude_prune(torch.randn(8, 25), 0.2).count_nonzero() == 40
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kth_largest_is_exact_over_any_chunking(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5003, generator=g, dtype=dtype).abs()
+    x[:40] = 0.0  # zeros and exact ties at a cut: same value as topk's
+    x[100:130] = float(x[200])
+    for k in (1, 7, 2500, 4963, 4964, 5003):
+        want = float(torch.topk(x, k).values.min())
+        for size in (5003, 1000, 17):
+            assert P.kth_largest(lambda s=size: x.split(s), k) == want, (k, size)
+    with pytest.raises(ValueError, match="fewer than"):
+        P.kth_largest(lambda: [x], 5004)
+
+
+def test_magnitude_prune_keeps_every_entry_tied_with_the_last_one_kept():
+    tv = torch.tensor([3.0, -1.0, 1.0, 0.5, 1.0])
+    # 2 of 5 asked for; |-1| and |1| tie with the 2nd largest: all three stay, the result depends on values only
+    torch.testing.assert_close(P.magnitude_prune(tv, 0.4), torch.tensor([3.0, -1.0, 1.0, 0.0, 1.0]))
+
+
 def test_random_drop_keeps_about_density_and_rescales():
     tv = torch.randn(200, 500)
     out = P.random_drop(tv, 0.3, rescale=True, generator=torch.Generator().manual_seed(0))

@@ -24,6 +24,14 @@ coefficients, or the set of ingredients a greedy soup kept. Such a method declar
 - ``repeated_tasks``: the inputs may share tasks (soups of runs of the same task); the driver then keeps one
   head per task, the one the statistics name.
 
+Methods whose maths is entry by entry (``elementwise``: linear, task arithmetic, TIES) are fed by the driver in
+row blocks, so a merge's memory stays flat in the number of inputs. Such a method may need one quantity per
+input computed over the whole tensor first (TIES: each task vector's trim threshold): it declares
+``prepare(chunks, numel, params)``, which the driver calls once per input with that input's task vector
+tau_i = theta_i - theta_base as an iterable of chunks (called again for another pass), and the method's
+function then receives the results as ``prepared`` (one per input); called without them, on whole tensors, the
+function computes them itself.
+
 Iterating state dicts, streaming from safetensors, skipping non-float buffers and handling heads live outside
 the methods (the caller also adds the tensor name to error messages). ``merge`` checks its inputs, computes in
 float32 (float64 when an input is float64) and casts the result back to the dtype of ``tensors[0]``.
@@ -39,7 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,6 +73,12 @@ class MergeFn(Protocol):
     ) -> Tensor: ...
 
 
+class PrepareFn(Protocol):
+    """``prepare(chunks, numel, params)``: one input's whole-tensor quantity, from its task vector's chunks."""
+
+    def __call__(self, chunks: Callable[[], Iterable[Tensor]], numel: int, params: Any) -> Any: ...
+
+
 @dataclass(frozen=True)
 class MergeMethod:
     """A registered merge method: a pure function plus what it declares about its inputs.
@@ -84,6 +98,8 @@ class MergeMethod:
     needs_stats: str | None = None  # data-dependent: the statistics it needs (a name in statistics.STATS)
     stats_params: tuple[str, ...] = ()  # the Params fields those statistics depend on
     repeated_tasks: bool = False  # inputs may share tasks (one head per task is kept)
+    elementwise: bool = False  # entry by entry (given ``prepared``): the driver may merge row blocks
+    prepare: PrepareFn | None = None  # one value per input over its whole task vector (elementwise methods)
 
     @property
     def description(self) -> str:
@@ -120,6 +136,7 @@ class MergeMethod:
         *,
         stats: list[Tensor] | None = None,
         generator: torch.Generator | None = None,
+        prepared: list[Any] | None = None,
     ) -> Tensor:
         p = self.params(params)
         tensors = list(tensors)
@@ -145,6 +162,10 @@ class MergeMethod:
             extra["stats"] = stats
         elif stats is not None:
             raise ConfigError(f"merge method '{self.name}' takes no statistics")
+        if prepared is not None:
+            if self.prepare is None or len(prepared) != len(tensors):
+                raise ConfigError(f"merge method '{self.name}': 'prepared' needs its prepare, one per model")
+            extra["prepared"] = prepared
         out = self.fn(
             [t.to(work) for t in tensors],
             None if base is None else base.to(work),
@@ -230,6 +251,8 @@ def merge_method(
     needs_stats: str | None = None,
     stats_params: tuple[str, ...] = (),
     repeated_tasks: bool = False,
+    elementwise: bool = False,
+    prepare: PrepareFn | None = None,
 ) -> Callable[[Any], MergeMethod]:
     """Wrap a pure merge function into a :class:`MergeMethod` and register it under ``name``
     (``needs_stats``: a data-dependent method, whose function also takes ``stats``)."""
@@ -247,7 +270,11 @@ def merge_method(
             needs_stats=needs_stats,
             stats_params=stats_params,
             repeated_tasks=repeated_tasks,
+            elementwise=elementwise,
+            prepare=prepare,
         )
+        if (stochastic or needs_stats) and elementwise:  # blocks would change the masks or need sliced stats
+            raise ValueError(f"merge method '{name}': an elementwise method is deterministic, without stats")
         return MERGE_METHODS.register(name)(method)
 
     return deco

@@ -13,11 +13,15 @@ Counts round to nearest (halves up): keeping a ``density`` fraction of ``n`` ent
 ``round(density * n)`` of them, at least one when ``density > 0``; Breadcrumbs' outlier count
 ``round(gamma * n)`` may be 0. peft and mergekit truncate with ``int()`` (peft may keep 0 entries), which
 gives the same counts whenever ``density * n`` is an integer. The sign of an entry is elected +1 on a tie
-(sum exactly 0), as in peft and mergekit; entries equal to 0 agree with no sign.
+(sum exactly 0), as in peft and mergekit; entries equal to 0 agree with no sign. Magnitude cuts (TIES' trim,
+Breadcrumbs' band) are values, found exactly by :func:`kth_largest`: entries tied in |value| with a cut go the
+same way as it (rare in trained weights; peft and mergekit break such ties by index), so a tensor trimmed whole
+or streamed in row blocks (``driver.merge_blocks``) gives the same result.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
@@ -56,17 +60,60 @@ def task_vectors(tensors: list[Tensor], base: Tensor) -> list[Tensor]:
     return [t - base for t in tensors]
 
 
-def magnitude_prune(tv: Tensor, density: float) -> Tensor:
-    """TIES trim: keep the ``density`` fraction of entries with the largest |value|, zero the rest."""
+def kth_largest(chunks: Callable[[], Iterable[Tensor]], k: int) -> float:
+    """The k-th largest (1 = the largest) of the non-negative float values that ``chunks()`` yields, exactly.
+
+    Two passes over the chunks, never more than one chunk plus the values of one narrow bin in memory, so a
+    merge can trim a large tensor's task vector without holding it whole (``merge_state`` streams it). Written
+    by hand because torch's ``kthvalue`` / ``topk`` need the whole tensor. Non-negative floats order as their
+    bit patterns do: pass 1 counts the values per bin of their top 16 bits (8 mantissa bits, so one bin spans
+    2^-8 relative), pass 2 keeps the values of the bin where the k-th largest lies and selects within it.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    hist: Tensor | None = None
+    for c in chunks():
+        h = torch.bincount(_bins(c), minlength=1 << 16)
+        hist = h if hist is None else hist + h
+    if hist is None or int(hist.sum()) < k:
+        raise ValueError(f"fewer than k = {k} values")
+    at_or_above = hist.flip(0).cumsum(0).flip(0)  # [b]: how many values lie in bin b or higher
+    b = int((at_or_above >= k).nonzero().max())
+    rank = k - (int(at_or_above[b + 1]) if b + 1 < len(at_or_above) else 0)  # from the top, within bin b
+    inside = torch.cat([c.reshape(-1)[_bins(c) == b] for c in chunks()])
+    return float(torch.kthvalue(inside, inside.numel() - rank + 1).values)
+
+
+def _bins(c: Tensor) -> Tensor:
+    """The top 16 bits of each non-negative float's bit pattern (sign bit 0): monotone in the value."""
+    c = c.reshape(-1)
+    if c.dtype == torch.float64:
+        return (c.view(torch.int64) >> 47).long()
+    return (c.float().view(torch.int32) >> 15).long()
+
+
+def magnitude_threshold(
+    abs_chunks: Callable[[], Iterable[Tensor]], numel: int, density: float
+) -> float | None:
+    """TIES trim's cut: the ``round(density * numel)``-th largest |value| of a task vector given as chunks of
+    its absolute values; None when every entry stays."""
     if not 0 <= density <= 1:
         raise ValueError(f"density must be in [0, 1], got {density}")
-    k = _count(density, tv.numel())
-    if k >= tv.numel():
-        return tv
-    flat = tv.reshape(-1)
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask[torch.topk(flat.abs(), k, sorted=False).indices] = True
-    return tv * mask.reshape(tv.shape)
+    k = _count(density, numel)
+    return None if k >= numel else kth_largest(abs_chunks, k)
+
+
+def trim(tv: Tensor, threshold: float | None) -> Tensor:
+    """Keep the entries with |value| >= ``threshold`` (all when None), zero the rest."""
+    return tv if threshold is None else tv * (tv.abs() >= threshold)
+
+
+def magnitude_prune(tv: Tensor, density: float) -> Tensor:
+    """TIES trim: keep the ``density`` fraction of entries with the largest |value|, zero the rest.
+
+    Entries tied in |value| with the last one kept are all kept (they are rare in trained weights), so the
+    result depends on the values alone: the same whether the tensor is trimmed whole or streamed in blocks."""
+    return trim(tv, magnitude_threshold(lambda: [tv.abs()], tv.numel(), density))
 
 
 def random_drop(
@@ -85,24 +132,34 @@ def random_drop(
     return kept / density if rescale else kept
 
 
+def breadcrumbs_cuts(
+    abs_chunks: Callable[[], Iterable[Tensor]], numel: int, density: float, gamma: float
+) -> tuple[float | None, float | None]:
+    """Model Breadcrumbs' band ``(low, high)`` of |value| for a task vector given as chunks of its absolute
+    values: entries with ``low <= |v| < high`` stay, a ``density`` fraction, below the ``gamma`` fraction of
+    largest ones (None: no bound on that side). Entries tied with a cut go the same way as it."""
+    if not (0 <= density <= 1 and 0 <= gamma <= 1 and density + gamma <= 1 + 1e-9):
+        raise ValueError(f"need 0 <= density, gamma and density + gamma <= 1, got {density}, {gamma}")
+    n_keep = _count(density, numel)
+    if n_keep == 0:
+        return float("inf"), None
+    n_top = min(_count(gamma, numel, at_least_one=False), numel - n_keep)
+    high = kth_largest(abs_chunks, n_top) if n_top else None
+    low = kth_largest(abs_chunks, n_top + n_keep) if n_top + n_keep < numel else None
+    return low, high
+
+
+def band_mask(tv: Tensor, low: float | None, high: float | None) -> Tensor:
+    """A bool mask of the entries with ``low <= |v| < high`` (a None bound is open)."""
+    a = tv.abs()
+    mask = torch.ones_like(tv, dtype=torch.bool) if low is None else a >= low
+    return mask if high is None else mask & (a < high)
+
+
 def breadcrumbs_mask(tv: Tensor, density: float, gamma: float) -> Tensor:
     """Model Breadcrumbs: a bool mask dropping the ``gamma`` fraction of largest |values| (outliers) and then
     the smallest ones, so that a ``density`` fraction of entries stays (``density + gamma <= 1``)."""
-    if not (0 <= density <= 1 and 0 <= gamma <= 1 and density + gamma <= 1 + 1e-9):
-        raise ValueError(f"need 0 <= density, gamma and density + gamma <= 1, got {density}, {gamma}")
-    n = tv.numel()
-    n_keep = _count(density, n)
-    n_top = min(_count(gamma, n, at_least_one=False), n - n_keep)
-    mask = torch.zeros(n, dtype=torch.bool, device=tv.device)
-    if n_keep:
-        # the n_top + n_keep largest, then drop the n_top largest among them (two unsorted top-k: no sort)
-        big = torch.topk(tv.reshape(-1).abs(), n_top + n_keep, sorted=False)
-        keep = big.indices
-        if n_top:
-            outliers = torch.topk(big.values, n_top, sorted=False).indices
-            keep = keep[torch.ones_like(keep, dtype=torch.bool).index_fill_(0, outliers, False)]
-        mask[keep] = True
-    return mask.reshape(tv.shape)
+    return band_mask(tv, *breadcrumbs_cuts(lambda: [tv.abs()], tv.numel(), density, gamma))
 
 
 def della_drop(

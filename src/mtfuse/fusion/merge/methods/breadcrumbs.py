@@ -9,13 +9,15 @@ gamma 0.01 (mergekit's example values; tune them).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
 from mtfuse.fusion.merge.method import merge_method
 from mtfuse.fusion.merge.methods.task_arithmetic import TaskArithmeticParams, apply_task_vectors
-from mtfuse.fusion.merge.primitives import breadcrumbs_mask, task_vectors
+from mtfuse.fusion.merge.primitives import band_mask, breadcrumbs_cuts, task_vectors
 
 
 class BreadcrumbsParams(TaskArithmeticParams):
@@ -29,7 +31,14 @@ class BreadcrumbsParams(TaskArithmeticParams):
         return self
 
 
-@merge_method("breadcrumbs", Params=BreadcrumbsParams, needs_base=True)
+def band(
+    chunks: Callable[[], Iterable[Tensor]], numel: int, params: BreadcrumbsParams
+) -> tuple[float | None, float | None]:
+    """One task vector's kept band of |tau| (``primitives.breadcrumbs_cuts``) from its chunks."""
+    return breadcrumbs_cuts(lambda: (c.abs() for c in chunks()), numel, params.density, params.gamma)
+
+
+@merge_method("breadcrumbs", Params=BreadcrumbsParams, needs_base=True, elementwise=True, prepare=band)
 def breadcrumbs(
     tensors: list[Tensor],
     base: Tensor | None,
@@ -37,8 +46,12 @@ def breadcrumbs(
     weights: list[float],
     *,
     generator: torch.Generator | None = None,
+    prepared: list[tuple[float | None, float | None]] | None = None,
 ) -> Tensor:
     """Model Breadcrumbs: drop outliers and tiny entries of each task vector, then task arithmetic."""
     assert base is not None
-    tvs = [tv * breadcrumbs_mask(tv, params.density, params.gamma) for tv in task_vectors(tensors, base)]
+    tvs = task_vectors(tensors, base)
+    if prepared is None:  # the whole tensor is here; the driver passes the cuts when it streams row blocks
+        prepared = [band(lambda tv=tv: [tv], tv.numel(), params) for tv in tvs]
+    tvs = [tv * band_mask(tv, *cuts) for tv, cuts in zip(tvs, prepared, strict=True)]
     return apply_task_vectors(tvs, base, weights, params)

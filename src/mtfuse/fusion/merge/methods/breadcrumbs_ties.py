@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 
 from mtfuse.fusion.merge.method import merge_method
-from mtfuse.fusion.merge.methods.breadcrumbs import BreadcrumbsParams
+from mtfuse.fusion.merge.methods.breadcrumbs import BreadcrumbsParams, band
 from mtfuse.fusion.merge.methods.task_arithmetic import apply_task_vectors
-from mtfuse.fusion.merge.primitives import breadcrumbs_mask, task_vectors
+from mtfuse.fusion.merge.primitives import band_mask, task_vectors
 
 
 class BreadcrumbsTiesParams(BreadcrumbsParams):
@@ -29,7 +29,9 @@ class BreadcrumbsTiesParams(BreadcrumbsParams):
     normalize: bool = False  # sum (False, mergekit's default) or mean over the models agreeing with the sign
 
 
-@merge_method("breadcrumbs_ties", Params=BreadcrumbsTiesParams, needs_base=True)
+@merge_method(
+    "breadcrumbs_ties", Params=BreadcrumbsTiesParams, needs_base=True, elementwise=True, prepare=band
+)
 def breadcrumbs_ties(
     tensors: list[Tensor],
     base: Tensor | None,
@@ -37,8 +39,12 @@ def breadcrumbs_ties(
     weights: list[float],
     *,
     generator: torch.Generator | None = None,
+    prepared: list[tuple[float | None, float | None]] | None = None,
 ) -> Tensor:
     """Breadcrumbs-TIES: drop outliers and tiny entries, elect signs, combine the agreeing entries."""
     assert base is not None
-    tvs = [tv * breadcrumbs_mask(tv, params.density, params.gamma) for tv in task_vectors(tensors, base)]
+    tvs = task_vectors(tensors, base)
+    if prepared is None:  # the whole tensor is here; the driver passes the cuts when it streams row blocks
+        prepared = [band(lambda tv=tv: [tv], tv.numel(), params) for tv in tvs]
+    tvs = [tv * band_mask(tv, *cuts) for tv, cuts in zip(tvs, prepared, strict=True)]
     return apply_task_vectors(tvs, base, weights, params, consensus=params.sign_method)

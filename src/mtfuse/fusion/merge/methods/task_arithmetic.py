@@ -40,7 +40,9 @@ def apply_task_vectors(
     return base + params.scale * delta
 
 
-@merge_method("task_arithmetic", Params=TaskArithmeticParams, needs_base=True, negative_weights=True)
+@merge_method(
+    "task_arithmetic", Params=TaskArithmeticParams, needs_base=True, negative_weights=True, elementwise=True
+)
 def task_arithmetic(
     tensors: list[Tensor],
     base: Tensor | None,

@@ -10,6 +10,7 @@ With ``normalize: false`` the agreeing entries are summed instead of averaged (m
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from mtfuse.fusion.merge.method import merge_method
 from mtfuse.fusion.merge.methods.task_arithmetic import TaskArithmeticParams, apply_task_vectors
-from mtfuse.fusion.merge.primitives import magnitude_prune, task_vectors
+from mtfuse.fusion.merge.primitives import magnitude_threshold, task_vectors, trim
 
 
 class TiesParams(TaskArithmeticParams):
@@ -27,7 +28,12 @@ class TiesParams(TaskArithmeticParams):
     normalize: bool = True  # mean (True) or sum (False) over the models agreeing with the elected sign
 
 
-@merge_method("ties", Params=TiesParams, needs_base=True)
+def trim_threshold(chunks: Callable[[], Iterable[Tensor]], numel: int, params: TiesParams) -> float | None:
+    """One task vector's trim cut: its ``density``-quantile of |tau| from the top (None: keep all)."""
+    return magnitude_threshold(lambda: (c.abs() for c in chunks()), numel, params.density)
+
+
+@merge_method("ties", Params=TiesParams, needs_base=True, elementwise=True, prepare=trim_threshold)
 def ties(
     tensors: list[Tensor],
     base: Tensor | None,
@@ -35,8 +41,12 @@ def ties(
     weights: list[float],
     *,
     generator: torch.Generator | None = None,
+    prepared: list[float | None] | None = None,
 ) -> Tensor:
     """TIES: trim each task vector to its top-k magnitudes, elect signs, average the agreeing entries."""
     assert base is not None
-    tvs = [magnitude_prune(tv, params.density) for tv in task_vectors(tensors, base)]
+    tvs = task_vectors(tensors, base)
+    if prepared is None:  # the whole tensor is here; the driver passes thresholds when it streams row blocks
+        prepared = [trim_threshold(lambda tv=tv: [tv], tv.numel(), params) for tv in tvs]
+    tvs = [trim(tv, cut) for tv, cut in zip(tvs, prepared, strict=True)]
     return apply_task_vectors(tvs, base, weights, params, consensus=params.sign_method)
