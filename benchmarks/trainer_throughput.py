@@ -25,12 +25,17 @@ Timing (the first ``--warmup`` steps of each are excluded):
   same). On a machine shared with other jobs this is no steadier than wall time (OpenMP threads spin while
   they wait, and a VM loses time to steal), so the wall-time ratio is the headline.
 
-The ratio printed is mtfuse / Trainer of the steady-state figures.
+The ratio printed is mtfuse / Trainer of the steady-state figures. Also reported: model FLOPs per second of
+each tool over the timed steps and, on a GPU with a known dense bf16 peak, the model FLOPs utilisation (MFU,
+PaLM's convention: ``benchmarks/_flops.py``, counted from the architecture and each batch's padded length).
+``--random-encoder bert-base`` trains a randomly initialised BERT-base-size encoder instead of MiniLM.
 
     .venv/bin/python benchmarks/trainer_throughput.py --steps 20 --repeats 3           # CPU
     .venv/bin/python benchmarks/trainer_throughput.py --steps 20 --repeats 3 --precision defaults \
         --output benchmarks/results/trainer_throughput-cpu-defaults.json                 # each tool's defaults
     .venv/bin/python benchmarks/trainer_throughput.py --steps 300 --warmup 20 --repeats 3   # GPU
+    .venv/bin/python benchmarks/trainer_throughput.py --steps 100 --warmup 10 --repeats 3 --batch-size 128 \
+        --random-encoder bert-base --output benchmarks/results/trainer_throughput-cuda-bert-base.json  # GPU, MFU
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _flops import encoder_dims, peak_flops, train_flops  # noqa: E402
+
 CONFIG = ROOT / "configs" / "glue.yaml"
 NEVER = 10**9
 
@@ -55,6 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"), help="default ../shared/data")
     p.add_argument(
         "--model", default="default", help="'default' (packaged MiniLM) or a local model directory"
+    )
+    p.add_argument(
+        "--random-encoder",
+        choices=["bert-base"],
+        default=None,
+        help="instead of --model: a randomly initialised BERT-base-size encoder (12 layers, hidden 768, 110 M "
+        "parameters) with the packaged MiniLM's tokenizer, saved once under --work-dir",
     )
     p.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before the timed ones")
@@ -283,6 +298,44 @@ def measure_trainer(
     }
 
 
+# ------------------------------------------------------------------------------------------ models, FLOPs
+
+
+def random_encoder(kind: str, work: Path, seed: int) -> Path:
+    """A randomly initialised encoder of a standard size with the packaged MiniLM's tokenizer (made once)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from mtfuse.model import load_tokenizer
+
+    out = work / f"{kind}-random"
+    if (out / "config.json").is_file():
+        return out
+    assert kind == "bert-base"
+    tokenizer = load_tokenizer("default")
+    cfg = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072, max_position_embeddings=512,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    BertModel(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def model_dims(model: str) -> dict[str, int]:
+    """``_flops.encoder_dims`` of the sequence classifier both tools train (built on the meta device: no
+    weights are allocated)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from mtfuse.model import resolve_model_path
+
+    cfg = AutoConfig.from_pretrained(resolve_model_path(model), num_labels=2)
+    with torch.device("meta"):
+        return encoder_dims(AutoModelForSequenceClassification.from_config(cfg))
+
+
 # -------------------------------------------------------------------------------------------------- main
 
 
@@ -303,9 +356,14 @@ def main(argv: list[str] | None = None) -> None:
     W, S, B = args.warmup, args.steps, args.batch_size
     warmup_lr = int(0.1 * (W + S))  # the recipe's 10% warm-up, as a step count both understand the same way
 
+    if args.random_encoder:
+        args.model = str(random_encoder(args.random_encoder, args.work_dir, args.seed))
     tokenizer = load_tokenizer(args.model)
     ordered, lengths, subset = sst2_batches(args, tokenizer)
     expected = [max(b) for b in lengths]
+    # model FLOPs of the timed steps (benchmarks/_flops.py: PaLM's MFU convention), the same for both tools
+    flops = train_flops(model_dims(args.model), [len(b) for b in lengths[W:]], expected[W:])
+    peak = peak_flops(device) if cuda and bf16 else None  # dense bf16 peaks only; none for a CPU
 
     print(f"warming up mtfuse ({W} steps)...", flush=True)
     mtfuse_run(args, W, subset, warmup_lr, "mtfuse-warmup", mt_precision)
@@ -334,11 +392,15 @@ def main(argv: list[str] | None = None) -> None:
     h = statistics.median(x["trainer"]["samples_per_second"] for x in reps)
     ratio = statistics.median(x["ratio"] for x in reps)
     ratio_cpu = statistics.median(x["ratio_cpu_time"] for x in reps)
+    t_mt = statistics.median(x["mtfuse"]["timed_seconds"] for x in reps)
+    t_hf = statistics.median(x["trainer"]["timed_seconds"] for x in reps)
     line = (
         f"mtfuse {m:.1f} samples/s, HF Trainer {h:.1f} samples/s, ratio {ratio:.2f} "
         f"({tag}, mtfuse {reps[0]['mtfuse']['precision']}, Trainer {'bf16' if bf16 else 'fp32'}, {S} steps, "
         f"batch {B}"
-        f"{f', median of {args.repeats}' if args.repeats > 1 else ''})"
+        f"{f', median of {args.repeats}' if args.repeats > 1 else ''}); model TFLOP/s mtfuse "
+        f"{flops / t_mt / 1e12:.3f}, Trainer {flops / t_hf / 1e12:.3f}"
+        + (f", MFU {flops / t_mt / peak:.1%} / {flops / t_hf / peak:.1%}" if peak else "")
     )
     result = {
         "benchmark": "trainer_throughput",
@@ -353,6 +415,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "settings": {
             "model": args.model,
+            "random_encoder": args.random_encoder,
             "task": "SST-2 train subset",
             "subset": subset,
             "batch_size": B,
@@ -373,6 +436,14 @@ def main(argv: list[str] | None = None) -> None:
         },
         "mtfuse_samples_per_second": m,
         "trainer_samples_per_second": h,
+        # model FLOPs per second over the timed steps (median of the repeats' timed seconds) and MFU = that over
+        # the device's dense bf16 peak (null without a known peak: a CPU, fp32)
+        "model_flops_timed_steps": flops,
+        "peak_flops_per_second": peak,
+        "mtfuse_model_tflops_per_second": round(flops / t_mt / 1e12, 4),
+        "trainer_model_tflops_per_second": round(flops / t_hf / 1e12, 4),
+        "mtfuse_mfu": round(flops / t_mt / peak, 4) if peak else None,
+        "trainer_mfu": round(flops / t_hf / peak, 4) if peak else None,
         "ratio_mtfuse_over_trainer": ratio,
         # samples per second of process CPU time (all threads); mtfuse's from the difference of two whole
         # train() calls. Not steadier than wall time on a shared machine (OpenMP spin-waits, VM steal).

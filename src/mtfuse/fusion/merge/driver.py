@@ -78,7 +78,7 @@ def squared_distance(x: torch.Tensor, y: torch.Tensor | None, buf: torch.Tensor 
     return total
 
 
-BLOCK = 1 << 21  # entries per row block over all inputs together: each temporary list of blocks is ~8 MB
+BLOCK = 1 << 19  # entries per row block over all inputs together: each temporary list of blocks is 2 MB
 
 
 def merge_blocks(
