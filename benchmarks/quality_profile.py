@@ -399,7 +399,7 @@ def run(args: argparse.Namespace, profile: Profile = CPU) -> None:
 
 
 def run_command(args: argparse.Namespace, profile: Profile) -> str:
-    """The ``run`` (``mlm``, ``precision``) command as its results JSON records it (the CPU profile's as it
+    """The ``run`` (``mlm``, ``precision``, ``grouping``) command as its results JSON records it (the CPU profile's as it
     always was)."""
     seeds = f"--seed {args.seed}" if hasattr(args, "seed") else f"--seeds {args.seeds}"
     command = f"benchmarks/quality_profile.py{profile.flag} {args.step} {seeds}"
@@ -646,29 +646,71 @@ def mlm(args: argparse.Namespace, profile: Profile = CPU) -> None:
     print(f"wrote {path}")
 
 
-# --------------------------------------------------------------------------------------------- precision
+# ----------------------------------------------------------------------------------- precision, grouping
 
 
 def precision(args: argparse.Namespace, profile: Profile = CPU) -> None:
     """bf16 autocast against fp32 (issue 12 §1): the mtl-equal arm trained again with ``train.precision=bf16``
-    for each seed, beside that seed's fp32 mtl-equal (as ``run`` trains it), scored on dev. Do the dev scores
-    stay within seed noise? Within: for each task and the average, the bf16 mean over the seeds differs from
-    the fp32 mean by at most the larger of the two arms' standard deviations over the seeds."""
+    for each seed, beside that seed's fp32 mtl-equal (as ``run`` trains it), scored on dev."""
+    compare_arms(
+        args,
+        profile,
+        (
+            ("fp32", "mtl-equal", ("train.precision=no",)),
+            ("bf16", "mtl-equal-bf16", ("train.precision=bf16",)),
+        ),
+        suffix="-bf16",
+        what="bf16 autocast against fp32",
+        note="the mtl-equal arm (same config, seed and data) in fp32 and with bf16 autocast "
+        "(train.precision=bf16; on a CPU mtfuse then runs eager attention, see training/setup.py); dev scores",
+    )
+
+
+def grouping(args: argparse.Namespace, profile: Profile = CPU) -> None:
+    """Length-grouped batches (issue 12 §1): the bf16 mtl-equal arm again with ``train.group_by_length=true``,
+    beside that seed's bf16 mtl-equal (``precision``'s), scored on dev."""
+    bf16 = ("train.precision=bf16",)
+    compare_arms(
+        args,
+        profile,
+        (
+            ("bf16", "mtl-equal-bf16", bf16),
+            ("grouped", "mtl-equal-bf16-grouped", (*bf16, "train.group_by_length=true")),
+        ),
+        suffix="-grouped",
+        what="length-grouped batches against random ones (both bf16)",
+        note="the mtl-equal arm (same config, seed and data, bf16 autocast) with random batches and with "
+        "length-grouped ones (train.group_by_length=true: mega-batches of 50 batches sorted by length, the "
+        "batches in random order); dev scores",
+    )
+
+
+def compare_arms(
+    args: argparse.Namespace,
+    profile: Profile,
+    arms_spec: tuple[tuple[str, str, tuple[str, ...]], ...],
+    *,
+    suffix: str,
+    what: str,
+    note: str,
+) -> None:
+    """Two arms (label, run name, overrides: a reference, then a variant) trained for each seed and scored on
+    dev. Do the dev scores stay within seed noise? Within: for each task and the average, the variant's mean
+    over the seeds differs from the reference's by at most the larger of the two arms' standard deviations."""
     seeds = [int(x) for x in args.seeds.split(",")]
+    (ref, _, _), (var, _, _) = arms_spec
     for seed in seeds:
-        work = profile.work / f"s{seed}"
-        train(work / "mtl-equal", seed, "train.precision=no", profile=profile)
-        train(work / "mtl-equal-bf16", seed, "train.precision=bf16", profile=profile)
+        for _, name, overrides in arms_spec:
+            train(profile.work / f"s{seed}" / name, seed, *overrides, profile=profile)
     if args.train_only:
         return
-    arms: dict[str, dict[int, dict[str, Any]]] = {"fp32": {}, "bf16": {}}
+    arms: dict[str, dict[int, dict[str, Any]]] = {label: {} for label, _, _ in arms_spec}
     for seed in seeds:
-        work = profile.work / f"s{seed}"
-        for arm, run in (("fp32", work / "mtl-equal"), ("bf16", work / "mtl-equal-bf16")):
-            got = scored(run)
+        for label, name, _ in arms_spec:
+            got = scored(profile.work / f"s{seed}" / name)
             got["tasks"] = {t: task_score(got["metrics"][t]) for t in TASKS}
             got["average"] = statistics.fmean(got["tasks"].values())
-            arms[arm][seed] = got
+            arms[label][seed] = got
     keys = [*TASKS, "average"]
 
     def value(r: dict[str, Any], k: str) -> float:
@@ -676,47 +718,45 @@ def precision(args: argparse.Namespace, profile: Profile = CPU) -> None:
 
     summary: dict[str, Any] = {}
     for k in keys:
-        f = [value(arms["fp32"][s], k) for s in seeds]
-        b = [value(arms["bf16"][s], k) for s in seeds]
+        f = [value(arms[ref][s], k) for s in seeds]
+        b = [value(arms[var][s], k) for s in seeds]
         (fm, fsd), (bm, bsd) = mean_sd(f), mean_sd(b)
         noise = max(x for x in (fsd, bsd, 0.0) if x is not None)
         summary[k] = {
-            "fp32": {"mean": fm, "sd": fsd},
-            "bf16": {"mean": bm, "sd": bsd},
+            ref: {"mean": fm, "sd": fsd},
+            var: {"mean": bm, "sd": bsd},
             "difference": bm - fm,
             "paired_differences": [y - x for x, y in zip(f, b, strict=True)],
             "seed_noise": noise,
             "within_seed_noise": abs(bm - fm) <= noise if len(seeds) > 1 else None,
         }
     result = {
-        "benchmark": "quality_profile precision",
+        "benchmark": f"quality_profile {args.step}",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": run_command(args, profile),
         "seeds": seeds,
         **profile_record(profile),
         "machine": machine(),
-        "note": "the mtl-equal arm (same config, seed and data) in fp32 and with bf16 autocast "
-        "(train.precision=bf16; on a CPU mtfuse then runs eager attention, see training/setup.py); dev scores. "
-        "train_seconds of runs made at different times on a shared machine are not a speed comparison: "
-        "benchmarks/trainer_throughput.py measures speed side by side",
+        "note": note + ". train_seconds of runs made one after the other on a shared machine are not a speed "
+        "comparison: benchmarks/trainer_throughput.py measures speed side by side",
         "arms": {a: {str(s): r for s, r in v.items()} for a, v in arms.items()},
         "summary": summary,
         "within_seed_noise": all(v["within_seed_noise"] for v in summary.values())
         if len(seeds) > 1
         else None,
     }
-    path = profile.result("-bf16")
+    path = profile.result(suffix)
     write_json(path, result)
     lines = [
-        f"bf16 autocast against fp32, the mtl-equal arm of the quality profile, dev, seeds "
+        f"{what}, the mtl-equal arm of the quality profile, dev, seeds "
         f"{', '.join(map(str, seeds))} (mean ± sd over seeds):",
         "",
         "| | " + " | ".join(keys) + " |",
         "|---|" + "---:|" * len(keys),
     ]
-    for arm in ("fp32", "bf16"):
+    for arm in (ref, var):
         lines.append(f"| {arm} | " + " | ".join(fmt(summary[k][arm]) for k in keys) + " |")
-    lines.append("| bf16 − fp32 | " + " | ".join(f"{summary[k]['difference']:+.2f}" for k in keys) + " |")
+    lines.append(f"| {var} − {ref} | " + " | ".join(f"{summary[k]['difference']:+.2f}" for k in keys) + " |")
     lines.append(
         "| within seed noise | "
         + " | ".join({True: "yes", False: "no", None: "-"}[summary[k]["within_seed_noise"]] for k in keys)
@@ -941,7 +981,7 @@ def profile_of(args: argparse.Namespace) -> Profile:
             f"search is CPU-only: the {profile.name} profile uses the fixed reference recipe of "
             f"../shared/REFERENCE.md ({profile.config.relative_to(ROOT)}); nothing there is searched"
         )
-    if args.step not in ("run", "mlm"):
+    if args.step not in ("run", "mlm", "precision", "grouping"):  # the steps that train (smoke_options)
         return profile
     if args.set and args.work is None:
         sys.exit("--set needs --work DIR: runs made with overrides must not mix with the profile's own runs")
@@ -955,7 +995,7 @@ def profile_of(args: argparse.Namespace) -> Profile:
 
 
 def smoke_options(p: argparse.ArgumentParser) -> None:
-    """``--set`` and ``--work``, of the steps that train (run, mlm)."""
+    """``--set`` and ``--work``, of the steps that train (run, mlm, precision, grouping)."""
     p.add_argument(
         "--set",
         action="append",
@@ -1003,6 +1043,10 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--seeds", default="1,2,3", help="comma list (default 1,2,3)")
     pr.add_argument("--train-only", action="store_true", help="train the missing runs, write no result")
     smoke_options(pr)
+    gr = sub.add_parser("grouping", help="the bf16 mtl-equal arm with length-grouped batches, over seeds")
+    gr.add_argument("--seeds", default="1,2,3", help="comma list (default 1,2,3)")
+    gr.add_argument("--train-only", action="store_true", help="train the missing runs, write no result")
+    smoke_options(gr)
     sub.add_parser("table", help="mean ± sd over seeds, markdown + JSON")
     return p
 
@@ -1013,9 +1057,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.step == "search":
         search(args)
     else:
-        {"run": run, "merges": merges, "mlm": mlm, "precision": precision, "table": table}[args.step](
-            args, profile
-        )
+        steps = {"run": run, "merges": merges, "mlm": mlm, "precision": precision, "grouping": grouping}
+        {**steps, "table": table}[args.step](args, profile)
 
 
 if __name__ == "__main__":

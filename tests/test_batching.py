@@ -46,3 +46,20 @@ def test_group_by_length_makes_batches_of_similar_length() -> None:
     grouped2 = BatchStream(lengths, batch_size=16, seed=1, group_by_length=True)
     seen = np.concatenate([grouped2.next() for _ in range(grouped2.batches_per_epoch())])
     assert sorted(seen.tolist()) == list(range(4000))
+
+
+def test_grouped_batches_come_in_random_order_within_their_mega_batch() -> None:
+    """Length-sorted mega-batches, but not served long to short: the batch order inside each mega-batch is
+    seeded and random, every batch stays whole (similar lengths), and the short last batch comes last."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 500, size=16 * 50 * 2 + 7)  # two full mega-batches and a short last batch
+    s = BatchStream(lengths, batch_size=16, seed=1, group_by_length=True)
+    batches = [s.next() for _ in range(s.batches_per_epoch())]
+    assert [len(x) for x in batches] == [16] * 100 + [7]
+    longest = [int(lengths[x].max()) for x in batches[:50]]
+    assert longest != sorted(longest, reverse=True)  # not long to short
+    spans = [int(lengths[x].max() - lengths[x].min()) for x in batches[:-1]]
+    assert max(spans) < 60  # each batch still holds neighbours in length (lengths span 5..500)
+    again = BatchStream(lengths, batch_size=16, seed=1, group_by_length=True)
+    assert all(np.array_equal(x, again.next()) for x in batches)  # seeded
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))

@@ -14,7 +14,8 @@ class BatchStream:
 
     The order of epoch ``e`` is a pure function of (seed, e), so the state is just (epoch, position).
     With ``group_by_length``, each mega-batch of 50 batches is sorted by length (as Hugging Face's
-    LengthGroupedSampler does) so batches hold similar lengths and padding is small.
+    LengthGroupedSampler does) so batches hold similar lengths and padding is small; the batches then come in
+    a seeded random order within their mega-batch (not long to short), the short last batch of the epoch last.
     """
 
     MEGA = 50
@@ -32,12 +33,18 @@ class BatchStream:
         self._order: np.ndarray | None = None
 
     def _make_order(self) -> np.ndarray:
-        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(self.n)
         if not self.group:
             return perm
-        mega = self.MEGA * self.batch_size
-        chunks = [perm[i : i + mega] for i in range(0, self.n, mega)]
-        return np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+        b, mega = self.batch_size, self.MEGA * self.batch_size
+        out = []
+        for i in range(0, self.n, mega):
+            c = perm[i : i + mega]
+            c = c[np.argsort(-self.lengths[c], kind="stable")]
+            full = len(c) // b  # only the epoch's last mega-batch may end in a short batch: it stays last
+            out += [c[j * b : (j + 1) * b] for j in rng.permutation(full)] + [c[full * b :]]
+        return np.concatenate(out)
 
     def next(self) -> np.ndarray:
         if self._order is None:

@@ -125,8 +125,9 @@ def test_distant_input_and_non_finite_weights_are_refused(runs: dict[str, Path],
     first = next(k for k, v in bad.items() if v.is_floating_point())
     bad[first][0] = float("nan")
     save_file(bad, str(far / "model" / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(MtfuseError, match=f"tensor '{first}'.*non-finite"):
-        merge([runs["cola"], far], "linear", tmp_path / "y")
+    for method in ("linear", "ties"):  # the whole-tensor path and the row-block path
+        with pytest.raises(MtfuseError, match=f"tensor '{first}'.*non-finite"):
+            merge([runs["cola"], far], method, tmp_path / "y")
 
 
 def test_cli_errors_are_one_line(runs: dict[str, Path], tmp_path: Path, capfd: pytest.CaptureFixture) -> None:

@@ -17,6 +17,7 @@ soup) may merge runs of the same task: the merged model keeps one head per task,
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -87,6 +88,7 @@ def merge_blocks(
     tensors: list[torch.Tensor],
     base: torch.Tensor | None,
     weights: list[float] | None,
+    finite: bool = False,
 ) -> torch.Tensor:
     """An ``elementwise`` method on row blocks of one tensor: the same result as on the whole tensors, with
     temporaries of ``BLOCK`` entries in all however many inputs there are (on the whole tensors TIES held ~2
@@ -94,7 +96,7 @@ def merge_blocks(
     thresholds) first reads each input's whole task vector, streamed in ``CHUNK``-entry chunks."""
     first = tensors[0]
     if first.dim() == 0 or first.numel() == 0:
-        return m.merge(tensors, base, p, weights)
+        return m.merge(tensors, base, p, weights, finite=finite)
     prepared = None
     if m.prepare is not None:
         assert base is not None  # prepare methods are task-vector methods
@@ -104,7 +106,7 @@ def merge_blocks(
     for r in range(0, first.shape[0], rows):
         block = [t[r : r + rows] for t in tensors]
         b = None if base is None else base[r : r + rows]
-        out[r : r + rows] = m.merge(block, b, p, weights, prepared=prepared)
+        out[r : r + rows] = m.merge(block, b, p, weights, prepared=prepared, finite=finite)
     return out
 
 
@@ -151,10 +153,13 @@ def merge_state(
                     raise MtfuseError(f"tensor '{name}': non-float buffer differs between inputs")
                 merged[name] = tensors[0].contiguous()
                 continue
+            finite = False  # proven by finite squared distances: then merge skips its own NaN / inf check
             if b is not None and sq_diff is not None and sq_base is not None:
-                sq_base[0] += squared_distance(b, None, buf)
-                for i, t in enumerate(tensors):
-                    sq_diff[i] += squared_distance(t, b, buf)
+                sums = [squared_distance(b, None, buf), *(squared_distance(t, b, buf) for t in tensors)]
+                sq_base[0] += sums[0]
+                for i, d in enumerate(sums[1:]):
+                    sq_diff[i] += d
+                finite = all(math.isfinite(x) for x in sums)
             try:
                 if m.needs_stats:
                     if stats is None:
@@ -168,9 +173,10 @@ def merge_state(
                         generator=tensor_generator(seed, name),
                     )
                 elif m.elementwise:
-                    out = merge_blocks(m, p, tensors, b, weights)
+                    out = merge_blocks(m, p, tensors, b, weights, finite)
                 else:
-                    out = m.merge(tensors, b, p, weights, generator=tensor_generator(seed, name))
+                    g = tensor_generator(seed, name)
+                    out = m.merge(tensors, b, p, weights, generator=g, finite=finite)
             except MtfuseError as e:
                 raise type(e)(f"tensor '{name}': {e}") from None
             merged[name] = out.contiguous()

@@ -21,7 +21,7 @@ class LinearParams(BaseModel):
     normalize: bool = True  # divide by the sum of the weights
 
 
-@merge_method("linear", Params=LinearParams, needs_base=False, elementwise=True)
+@merge_method("linear", Params=LinearParams, needs_base=False)
 def linear(
     tensors: list[Tensor],
     base: Tensor | None,
