@@ -175,7 +175,7 @@ def merge_state(
                 elif m.elementwise:
                     out = merge_blocks(m, p, tensors, b, weights, finite)
                 else:
-                    g = tensor_generator(seed, name)
+                    g = tensor_generator(seed, name) if m.stochastic else None  # hashing costs, per tensor
                     out = m.merge(tensors, b, p, weights, generator=g, finite=finite)
             except MtfuseError as e:
                 raise type(e)(f"tensor '{name}': {e}") from None
