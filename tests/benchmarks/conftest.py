@@ -29,3 +29,15 @@ def load_script(filename: str) -> Iterator[ModuleType]:
 def qp() -> Iterator[ModuleType]:
     """benchmarks/quality_profile.py."""
     yield from load_script("quality_profile.py")
+
+
+def smoke_sets(tmp_path: Path, tiny_model_dir: Path, shared_data_dir: Path, steps: int) -> list[str]:
+    """The ``--set`` overrides of a tiny quality-profile smoke run: the tiny model, 16 examples, ``steps`` steps."""
+    return [
+        f"model.name_or_path={tiny_model_dir}",
+        f"data_dir={shared_data_dir}",
+        f"cache_dir={tmp_path / 'cache'}",
+        "subset.train=16",
+        "subset.eval=16",
+        f"train.max_steps={steps}",
+    ]

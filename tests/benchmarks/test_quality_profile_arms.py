@@ -9,18 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.benchmarks.conftest import smoke_sets
+
 
 @pytest.mark.slow
 def test_grouping_smoke_run(qp, tmp_path: Path, tiny_model_dir: Path, shared_data_dir: Path) -> None:
     before = sorted(qp.RESULTS.glob("quality_profile-grouped*"))
-    sets = [
-        f"model.name_or_path={tiny_model_dir}",
-        f"data_dir={shared_data_dir}",
-        f"cache_dir={tmp_path / 'cache'}",
-        "subset.train=16",
-        "subset.eval=16",
-        "train.max_steps=3",
-    ]
+    sets = smoke_sets(tmp_path, tiny_model_dir, shared_data_dir, steps=3)
     argv = ["grouping", "--seeds", "1,2", "--work", str(tmp_path), *(a for s in sets for a in ("--set", s))]
     qp.main(argv)
 

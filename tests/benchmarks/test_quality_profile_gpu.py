@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.benchmarks.conftest import smoke_sets
+
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMS = {  # every row of the profile's table
     "single-task",
@@ -96,12 +98,7 @@ def test_gpu_smoke_run(qp, tmp_path: Path, tiny_model_dir: Path, shared_data_dir
     """The GPU profile's `run`, tiny: every system of the table, the overrides recorded, nothing in results/."""
     before = sorted(qp.RESULTS.glob("quality_profile_gpu*"))
     sets = [
-        f"model.name_or_path={tiny_model_dir}",
-        f"data_dir={shared_data_dir}",
-        f"cache_dir={tmp_path / 'cache'}",
-        "subset.train=16",
-        "subset.eval=16",
-        "train.max_steps=2",
+        *smoke_sets(tmp_path, tiny_model_dir, shared_data_dir, steps=2),
         'train.precision="no"',  # quoted: YAML reads a bare no as false
     ]
     argv = ["--profile", "gpu", "run", "--seed", "1", "--work", str(tmp_path), "--mtl-arms", "mtl-equal"]

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.benchmarks.conftest import smoke_sets
+
 
 def test_mlm_config_adds_one_task_per_task_on_its_rows(qp, tmp_path: Path, shared_data_dir: Path) -> None:
     from mtfuse import config
@@ -32,14 +34,7 @@ def test_mlm_config_adds_one_task_per_task_on_its_rows(qp, tmp_path: Path, share
 @pytest.mark.slow
 def test_mlm_smoke_run(qp, tmp_path: Path, tiny_model_dir: Path, shared_data_dir: Path) -> None:
     before = sorted(qp.RESULTS.glob("quality_profile-mlm*"))
-    sets = [
-        f"model.name_or_path={tiny_model_dir}",
-        f"data_dir={shared_data_dir}",
-        f"cache_dir={tmp_path / 'cache'}",
-        "subset.train=16",
-        "subset.eval=16",
-        "train.max_steps=4",
-    ]
+    sets = smoke_sets(tmp_path, tiny_model_dir, shared_data_dir, steps=4)
     qp.main(["mlm", "--seed", "1", "--work", str(tmp_path), *(a for s in sets for a in ("--set", s))])
 
     out = json.loads((tmp_path / "quality_profile-mlm-s1-smoke.json").read_text())
