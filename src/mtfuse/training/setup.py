@@ -96,12 +96,16 @@ def cpu_bf16_attention(model: torch.nn.Module, acc: Accelerator) -> list[str]:
     return switched
 
 
+def _set_attention(model: torch.nn.Module, names: list[str], implementation: str) -> None:
+    for name, m in model.named_modules():
+        if name in names:
+            m.set_attn_implementation(implementation)
+
+
 def restore_attention(model: torch.nn.Module, switched: list[str]) -> None:
     """Undo :func:`cpu_bf16_attention` (the modules it named go back to SDPA): the final fp32 evaluation then
     computes exactly what `mtfuse evaluate` does on the saved model."""
-    for name, m in model.named_modules():
-        if name in switched:
-            m.set_attn_implementation("sdpa")
+    _set_attention(model, switched, "sdpa")
 
 
 @contextlib.contextmanager
@@ -111,9 +115,7 @@ def sdpa_attention(model: torch.nn.Module, switched: list[str]) -> Iterator[None
     try:
         yield
     finally:
-        for name, m in model.named_modules():
-            if name in switched:
-                m.set_attn_implementation("eager")
+        _set_attention(model, switched, "eager")
 
 
 def head_dropout(cfg: RunConfig, encoder: Any) -> float:

@@ -4,8 +4,9 @@ The methods (``methods/``) are pure functions over one tensor at a time. This mo
 :class:`~mtfuse.fusion.merge.request.MergeRequest`: checks the inputs (``inputs.py``: same architecture and
 shapes, same tokenizer, no duplicate task) and that each is close to the base it claims to descend from,
 streams tensors from safetensors one name at a time (peak memory: the merged model plus one tensor per
-input, or a few row blocks of them for elementwise methods, flat in the number of inputs), keeps every input's task heads unchanged, and writes a run directory that `evaluate`, `predict` and
-`compare` read like any other, atomically and only over an earlier merge output (``mtfuse.rundir``).
+input, or a few row blocks of them for elementwise methods, flat in the number of inputs), keeps every
+input's task heads unchanged, and writes a run directory that `evaluate`, `predict` and `compare` read
+like any other, atomically and only over an earlier merge output (``mtfuse.rundir``).
 
 Data-dependent methods declare the statistics they need (``needs_stats``); :func:`merge_runs` computes them
 first (``statistics.py``: one input model in memory at a time, cached as safetensors in a temporary folder)
@@ -130,9 +131,9 @@ def merge_state(
 ) -> dict[str, torch.Tensor]:
     """Stream every tensor of the inputs (and base) through ``m``: the merged encoder state dict.
 
-    Peak memory: the merged model plus one tensor (and one statistic) per input; for ``elementwise`` methods the
-    merged model plus a few ``BLOCK``-entry blocks, flat in the number of inputs (``merge_blocks``). With ``sq_diff`` (one float
-    per input) and ``sq_base`` (one float), accumulates ||theta_i - theta_base||^2 and ||theta_base||^2."""
+    Peak memory: the merged model plus one tensor (and one statistic) per input; for ``elementwise`` methods
+    the merged model plus a few ``BLOCK``-entry blocks, flat in the number of inputs (``merge_blocks``). With
+    ``sq_diff`` (one float per input) and ``sq_base`` (one float), accumulates ||theta_i - theta_base||^2 and ||theta_base||^2."""
     merged: dict[str, torch.Tensor] = {}
     buf = torch.empty(CHUNK) if sq_diff is not None else None
     with ExitStack() as stack:

@@ -24,7 +24,7 @@ coefficients, or the set of ingredients a greedy soup kept. Such a method declar
 - ``repeated_tasks``: the inputs may share tasks (soups of runs of the same task); the driver then keeps one
   head per task, the one the statistics name.
 
-Methods whose maths is entry by entry (``elementwise``: linear, task arithmetic, TIES) are fed by the driver in
+Methods whose maths is entry by entry (``elementwise``: task arithmetic, TIES, Breadcrumbs) are fed by the driver in
 row blocks, so a merge's memory stays flat in the number of inputs. Such a method may need one quantity per
 input computed over the whole tensor first (TIES: each task vector's trim threshold): it declares
 ``prepare(chunks, numel, params)``, which the driver calls once per input with that input's task vector
@@ -221,9 +221,9 @@ def _check_tensors(named: list[tuple[str, Tensor]], finite: bool = False) -> Non
                 f"shape mismatch: {first_name} has {tuple(first.shape)}, {what} has {tuple(t.shape)}"
             )
         if not finite and not all_finite(t):
-            finite = torch.isfinite(t)
+            ok = torch.isfinite(t)
             nan = int(torch.isnan(t).sum())
-            inf = int((~finite).sum()) - nan
+            inf = int((~ok).sum()) - nan
             raise DataError(f"{what} has non-finite values ({nan} NaN, {inf} inf)")
 
 
