@@ -12,18 +12,22 @@ sequential sampler and ``DataCollatorWithPadding``), so both pad the same batche
 
 Timing (the first ``--warmup`` steps of each are excluded):
 
-* mtfuse: ``train_seconds`` / ``train_samples_per_second`` in results.json count optimizer-step time only
-  (collation, host-to-device copy, forward, backward, clipping, optimizer step; not logging, evaluation or
-  saving). Two runs of W and W+S steps with the same seed do identical first W steps, so the S timed steps
-  take ``train_seconds(W+S) - train_seconds(W)``. A throw-away W-step run first warms the process up.
-* Trainer: a ``TrainerCallback`` takes the time between ``on_step_end`` of step W and of step W+S
-  (includes fetching + collating the batch, like mtfuse's timer; CUDA is synchronised at both ends). Also
-  reported: the sum of ``on_step_begin`` -> ``on_step_end`` (CPU only; excludes data loading) and the
-  Trainer's own ``train_samples_per_second`` (whole ``train()`` call, set-up and warm-up steps included).
-* Also: samples per second of process CPU time (``time.process_time``, all threads) over the same steps (for
-  mtfuse the difference of the two whole ``train()`` calls, whose set-up, evaluation and saving are the
-  same). On a machine shared with other jobs this is no steadier than wall time (OpenMP threads spin while
-  they wait, and a VM loses time to steal), so the wall-time ratio is the headline.
+* Both are timed the same way, from the end of optimizer step W to the end of step W+S, CUDA synchronised at
+  both ends, so the window holds S whole steps: fetching + collating each batch, the host-to-device copy,
+  forward, backward, clipping, the optimizer step and whatever else each loop does per step.
+  * mtfuse: one run of W+S steps; the stamps come from the loop's per-step hook point
+    (``checkpoint.fault_point``, called at the end of every step). Also reported: results.json's whole-run
+    ``train_samples_per_second`` (optimizer-step time only, warm-up steps included).
+  * Trainer: a ``TrainerCallback``'s ``on_step_end``. Also reported: the sum of ``on_step_begin`` ->
+    ``on_step_end`` (CPU only; excludes data loading) and the Trainer's own ``train_samples_per_second``
+    (whole ``train()`` call, set-up and warm-up steps included).
+  * Before the repeats, a throw-away W-step run of each warms the process up.
+  * Until 2026-12-02 mtfuse was timed as ``train_seconds(W+S) - train_seconds(W)`` of two runs, which adds
+    the noise of two runs. On 4 alternating repeats with 1 timer for both, fp32 MiniLM ran at 1.03 x the
+    Trainer, where the two-run difference had given 0.95 on 5 repeats.
+* Also: samples per second of process CPU time (``time.process_time``, all threads) over the same window. On
+  a machine shared with other jobs this is no steadier than wall time (OpenMP threads spin while they wait,
+  and a VM loses time to steal), so the wall-time ratio is the headline.
 
 The ratio printed is mtfuse / Trainer of the steady-state figures. Also reported: model FLOPs per second of
 each tool over the timed steps and, on a GPU with a known dense bf16 peak, the model FLOPs utilisation (MFU,
@@ -188,12 +192,31 @@ def mtfuse_run(
     return rec
 
 
-def measure_mtfuse(args: argparse.Namespace, subset: int, warmup_lr: int, precision: str) -> dict[str, Any]:
+def measure_mtfuse(
+    args: argparse.Namespace, subset: int, warmup_lr: int, precision: str, cuda: bool
+) -> dict[str, Any]:
+    """One run of W+S steps, timed from the end of step W to the end of step W+S, as the Trainer's callback
+    times it. The stamps come from the loop's per-step hook point (``checkpoint.fault_point``, called once
+    at the end of every optimizer step, after the step's work and before any logging or saving)."""
+    import mtfuse.train as loop
+
     W, S, B = args.warmup, args.steps, args.batch_size
-    short = mtfuse_run(args, W, subset, warmup_lr, "mtfuse-w", precision)
-    full = mtfuse_run(args, W + S, subset, warmup_lr, "mtfuse-ws", precision)
-    seconds = full["cost"]["train_seconds"] - short["cost"]["train_seconds"]
-    cpu = full["process_cpu_seconds"] - short["process_cpu_seconds"]
+    stamps: dict[int, tuple[float, float]] = {}
+    real = loop.fault_point
+
+    def stamp(name: str) -> None:
+        real(name)
+        if name in (f"step:{W}", f"step:{W + S}"):
+            _sync(cuda)
+            stamps[int(name[5:])] = (time.perf_counter(), time.process_time())
+
+    loop.fault_point = stamp
+    try:
+        full = mtfuse_run(args, W + S, subset, warmup_lr, "mtfuse-ws", precision)
+    finally:
+        loop.fault_point = real
+    seconds = stamps[W + S][0] - stamps[W][0]
+    cpu = stamps[W + S][1] - stamps[W][1]
     return {
         "samples_per_second": round(S * B / seconds, 2),
         "timed_seconds": round(seconds, 3),
@@ -208,7 +231,12 @@ def measure_mtfuse(args: argparse.Namespace, subset: int, warmup_lr: int, precis
 
 
 def measure_trainer(
-    args: argparse.Namespace, ordered: list[dict[str, Any]], warmup_lr: int, cuda: bool, bf16: bool
+    args: argparse.Namespace,
+    ordered: list[dict[str, Any]],
+    warmup_lr: int,
+    cuda: bool,
+    bf16: bool,
+    warm_up_only: bool = False,
 ) -> dict[str, Any]:
     import torch
     from transformers import (
@@ -262,7 +290,7 @@ def measure_trainer(
     targs = TrainingArguments(
         output_dir=str(args.work_dir / "hf-trainer"),
         per_device_train_batch_size=B,
-        max_steps=W + S,
+        max_steps=W if warm_up_only else W + S,
         learning_rate=args.lr,
         lr_scheduler_type="linear",
         warmup_steps=warmup_lr,
@@ -286,6 +314,8 @@ def measure_trainer(
         model=model, args=targs, train_dataset=ordered, data_collator=collator, callbacks=[timer]
     )
     out = trainer.train()
+    if warm_up_only:
+        return {}
     assert timer.start is not None and timer.end is not None
     seconds = timer.end - timer.start
     return {
@@ -365,8 +395,9 @@ def main(argv: list[str] | None = None) -> None:
     flops = train_flops(model_dims(args.model), [len(b) for b in lengths[W:]], expected[W:])
     peak = peak_flops(device) if cuda and bf16 else None  # dense bf16 peaks only; none for a CPU
 
-    print(f"warming up mtfuse ({W} steps)...", flush=True)
+    print(f"warming up mtfuse and the Trainer ({W} steps each)...", flush=True)
     mtfuse_run(args, W, subset, warmup_lr, "mtfuse-warmup", mt_precision)
+    measure_trainer(args, ordered, warmup_lr, cuda, bf16, warm_up_only=True)
     reps: list[dict[str, Any]] = []
     for r in range(args.repeats):
         order = ("mtfuse", "trainer") if r % 2 == 0 else ("trainer", "mtfuse")
@@ -374,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
         for which in order:
             print(f"repeat {r + 1}/{args.repeats}: {which}...", flush=True)
             if which == "mtfuse":
-                rep["mtfuse"] = measure_mtfuse(args, subset, warmup_lr, mt_precision)
+                rep["mtfuse"] = measure_mtfuse(args, subset, warmup_lr, mt_precision, cuda)
             else:
                 rep["trainer"] = measure_trainer(args, ordered, warmup_lr, cuda, bf16)
         rep["trainer"]["same_batches_as_mtfuse"] = rep["trainer"].pop("padded_lengths") == expected
@@ -431,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
             "untimed_warmup_steps": W,
             "hf_optim": args.hf_optim,
             "mean_padded_length_timed": round(sum(expected[W:]) / max(1, S), 1),
-            "mtfuse_timing": "train_seconds(W+S) - train_seconds(W) from results.json (optimizer-step time)",
+            "mtfuse_timing": "loop's step-end hook: end of step W -> end of step W+S, incl. batch fetch + collate",
             "trainer_timing": "callback: on_step_end(W) -> on_step_end(W+S), incl. batch fetch + collate",
         },
         "mtfuse_samples_per_second": m,

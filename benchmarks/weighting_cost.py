@@ -9,9 +9,9 @@ Each method runs in its own fresh subprocess (peak memory is a per-process high-
 * builds the model (``MultiTaskModel.build`` on the encoder, hard sharing), AdamW and the method exactly as
   ``mtfuse.train.train`` does, and runs the joint step of ``train.py``: forward of every task; loss-level
   methods ``combine`` + one backward (GradNorm's per-task last-layer gradients, FAMO's loss recomputation
-  after the update); gradient-level methods ``task_gradient_matrix`` (one ``autograd.grad`` per task on the
-  shared parameters, into G's storage kept between steps, as the training step does) + ``aggregate`` +
-  ``write_gradient`` + the heads' own gradients; then clip 1.0, AdamW step, zero grad. The batches are
+  after the update); gradient-level methods ``streamed_task_gradients`` (task by task: its forward, then one
+  ``autograd.grad`` on the shared parameters and the heads, into G's storage kept between steps, as the
+  training step does) + ``aggregate`` + ``write_gradient``; then clip 1.0, AdamW step, zero grad. The batches are
   collated once beforehand (by the parent, with mtfuse's ``prepare_tasks`` / ``BatchStream`` / ``collate``),
   so data loading is not timed;
 * after ``--warmup`` warm-up steps, times ``--steps`` steps of the method interleaved with as many ``equal``
@@ -222,7 +222,7 @@ def worker(setup_path: Path, method: str, result_path: Path) -> None:
     import torch
 
     from mtfuse.config import WeightingConfig
-    from mtfuse.gradients import last_shared_weight, task_gradient_matrix, write_gradient
+    from mtfuse.gradients import last_shared_weight, streamed_task_gradients, write_gradient
     from mtfuse.model import MultiTaskModel, load_encoder
     from mtfuse.params import params_check
     from mtfuse.tasks.types import TASK_TYPES
@@ -271,12 +271,17 @@ def worker(setup_path: Path, method: str, result_path: Path) -> None:
         b = batches[i]
         ph = dict.fromkeys(("forward", "gradients", "method", "optimizer"), 0.0)
         t0 = sync()
-        losses = {n: loss_fn[n](core(n, b[n]), b[n]["labels"]) for n in names}
-        t1 = sync()
-        ph["forward"] = t1 - t0
-        if grad_method:
-            order = weighting.tasks
-            G = task_gradient_matrix([losses[t] for t in order], shared, retain_last=True, out=kept["G"])
+        if grad_method:  # as the training step: each task's forward just before its backward
+            order, losses = weighting.tasks, {}
+
+            def one_at_a_time() -> Any:
+                for t in order:
+                    f0 = sync()
+                    losses[t] = loss_fn[t](core(t, b[t]), b[t]["labels"])
+                    ph["forward"] += sync() - f0
+                    yield losses[t]
+
+            G, own_grads = streamed_task_gradients(one_at_a_time(), len(order), shared, own, out=kept["G"])
             kept["G"] = G  # as the training step: G's storage is kept between steps
             loss_vec = torch.stack([losses[t].detach().float() for t in order])
             t2 = sync()
@@ -284,12 +289,14 @@ def worker(setup_path: Path, method: str, result_path: Path) -> None:
             t3 = sync()
             write_gradient(shared, d)
             del G, d
-            own_grads = torch.autograd.grad(sum(losses.values()), own, allow_unused=True)
             for p, g in zip(own, own_grads, strict=True):
                 p.grad = g
             t4 = sync()
-            ph["gradients"], ph["method"] = (t2 - t1) + (t4 - t3), t3 - t2
+            ph["gradients"], ph["method"] = (t2 - t0 - ph["forward"]) + (t4 - t3), t3 - t2
         else:
+            losses = {n: loss_fn[n](core(n, b[n]), b[n]["labels"]) for n in names}
+            t1 = sync()
+            ph["forward"] = t1 - t0
             loss = weighting.combine(losses, i)
             if weighting.needs_shared_layer_grads:  # GradNorm: per-task gradients at the last shared layer
                 Wl = last_shared_weight(shared_named)

@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from mtfuse.gradients import cosine_matrix, gramian, task_gradient_matrix, write_gradient
+from mtfuse.gradients import (
+    cosine_matrix,
+    gramian,
+    streamed_task_gradients,
+    task_gradient_matrix,
+    write_gradient,
+)
 from mtfuse.weighting.cagrad import cagrad_weights
 from mtfuse.weighting.fairgrad import fairgrad_weights
 from mtfuse.weighting.nash_mtl import nash_mtl_weights
@@ -129,3 +135,66 @@ def test_write_gradient_makes_views_not_copies() -> None:
     half = nn.Linear(3, 2).to(torch.bfloat16)  # another dtype: converted (a copy)
     write_gradient(list(half.parameters()), vector)
     assert half.weight.grad.dtype == torch.bfloat16
+
+
+class _Recorder(torch.autograd.Function):
+    """Identity that logs its forward and backward, to see when each task's graph is run."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, log: list[str], tag: str) -> torch.Tensor:
+        ctx.log, ctx.tag = log, tag
+        log.append(f"forward {tag}")
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        ctx.log.append(f"backward {ctx.tag}")
+        return g, None, None
+
+
+def _two_task_model() -> tuple[nn.Module, nn.ModuleDict]:
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.5), nn.Tanh())  # dropout: draws random numbers
+    heads = nn.ModuleDict({"a": nn.Linear(8, 2), "b": nn.Linear(8, 1), "unused": nn.Linear(8, 1)})
+    return body, heads
+
+
+def test_streamed_task_gradients_equal_forwarding_every_task_first() -> None:
+    """The training step's streamed G (each task's forward right before its backward) is bit for bit the G and
+    head gradients of forwarding every task first, dropout included: the same random draws in the same order."""
+    body, heads = _two_task_model()
+    shared = list(body.parameters())
+    own = [p for h in heads.values() for p in h.parameters()]
+    g = torch.Generator().manual_seed(1)
+    batches = {"a": torch.randn(5, 6, generator=g), "b": torch.randn(3, 6, generator=g)}
+
+    def loss(t: str) -> torch.Tensor:
+        out = heads[t](body(batches[t]))
+        return out.logsumexp(-1).mean() if t == "a" else out.pow(2).mean()
+
+    torch.manual_seed(7)
+    losses = [loss("a"), loss("b")]
+    ref_G = task_gradient_matrix(losses, shared, retain_last=True)
+    ref_own = torch.autograd.grad(sum(losses), own, allow_unused=True)
+
+    torch.manual_seed(7)
+    G, own_grads = streamed_task_gradients((loss(t) for t in ("a", "b")), 2, shared, own)
+    torch.testing.assert_close(G, ref_G, rtol=0, atol=0)
+    assert [g is None for g in own_grads] == [g is None for g in ref_own] == [False] * 4 + [True] * 2
+    for got, ref in zip(own_grads, ref_own, strict=True):
+        if ref is not None:
+            torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_streamed_task_gradients_frees_each_graph_before_the_next_forward() -> None:
+    body, heads = _two_task_model()
+    log: list[str] = []
+
+    def losses():
+        for t in ("a", "b"):
+            yield heads[t](_Recorder.apply(body(torch.ones(2, 6)), log, t)).sum()
+
+    streamed_task_gradients(losses(), 2, list(body.parameters()))
+    assert log == ["forward a", "backward a", "forward b", "backward b"]
+    with pytest.raises(ValueError, match="1 losses for 2 rows"):
+        streamed_task_gradients(iter([heads["a"](body(torch.ones(2, 6))).sum()]), 2, list(body.parameters()))

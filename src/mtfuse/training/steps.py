@@ -11,7 +11,7 @@ Method-specific work sits behind the weighting's hooks (``before_backward``: Gra
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from mtfuse.gradients import cosine_matrix, task_gradient_matrix, write_gradient
+from mtfuse.gradients import cosine_matrix, streamed_task_gradients, task_gradient_matrix, write_gradient
 from mtfuse.model import MultiTaskModel
 from mtfuse.plan import STEP_JOINT_GRADIENT
 from mtfuse.tasks.features import TaskData, collate
@@ -105,19 +105,28 @@ def gradient_level_backward(
 ) -> dict[str, torch.Tensor]:
     """Joint gradient-level steps: aggregate the task gradients of the shared parameters into one update.
 
-    The unwrapped model runs (DDP would reduce each backward); the matrix is reduced here by hand."""
-    losses = task_losses(ctx, ctx.core, batches)
+    The unwrapped model runs (DDP would reduce each backward); the matrix is reduced here by hand. Each task's
+    forward runs just before its backward, which frees its activations: the step holds ``G`` and one task's
+    activations, not every task's (the same dropout draws, in the same task order, as forwarding all first)."""
     order, shared = ctx.weighting.tasks, ctx.shared
-    G = task_gradient_matrix([losses[t] for t in order], shared, retain_last=True, out=ctx.gradient_buffer)
+    losses: dict[str, torch.Tensor] = {}
+
+    def one_at_a_time() -> Iterator[torch.Tensor]:
+        for t in order:
+            losses[t] = task_losses(ctx, ctx.core, {t: batches[t]})[t]
+            yield losses[t]
+
+    G, own_grads = streamed_task_gradients(
+        one_at_a_time(), len(order), shared, ctx.own, out=ctx.gradient_buffer
+    )
     ctx.gradient_buffer = G
     if ctx.world > 1:
         G = ctx.acc.reduce(G, reduction="mean")  # every process aggregates the same matrix
     loss_vec = torch.stack([losses[t].detach().float() for t in order])
     write_gradient(shared, ctx.weighting.aggregate(G, loss_vec, step))
-    own_grads = torch.autograd.grad(sum(losses.values()), ctx.own, allow_unused=True)
     for p, g in zip(ctx.own, own_grads, strict=True):
         p.grad = None if g is None else (ctx.acc.reduce(g, reduction="mean") if ctx.world > 1 else g)
-    return losses
+    return {t: v.detach() for t, v in losses.items()}
 
 
 def backward_for(step_kind: str) -> Callable[[StepContext, Batches, int, int, bool], dict[str, torch.Tensor]]:
