@@ -211,7 +211,8 @@ def ensemble(
     output: Path = typer.Option(..., "--output", "-o", help="ensemble directory to write"),
     tasks: list[str] = TASKS_OPT,
     method: str = typer.Option(
-        "mean", help="mean | soft_vote | vote | weighted_nll | weighted_metric | caruana | stack"
+        "mean",
+        help="mean | soft_vote | vote | weighted_nll | weighted_metric | caruana | caruana_bagged | stack",
     ),
     folds: int = typer.Option(5, help="k of the k-fold cross-validation that tunes and scores tuned methods"),
     seed: int = typer.Option(0, help="seed of the fold shuffle (and of weighted_metric's random search)"),

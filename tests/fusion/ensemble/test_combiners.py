@@ -103,3 +103,22 @@ def test_caruana_selection_with_replacement() -> None:
     assert any(np.allclose(w * size, np.round(w * size)) for size in range(1, 11))
     one, _ = C.caruana_selection(P[:1], acc, n_iter=5)
     assert one == pytest.approx([1.0])
+
+
+def test_bagged_caruana_selection_averages_selections_over_random_parts() -> None:
+    P, y = noisy_members(qualities=(0.95, 0.6, 0.55, 0.5))
+    acc = lambda out: float((out.argmax(1) == y).mean())  # noqa: E731
+    w = C.bagged_caruana_selection(P, acc, n_iter=5, bags=20, fraction=0.5, seed=3)
+    assert w.shape == (4,) and w.sum() == pytest.approx(1.0) and (w >= 0).all()
+    assert w[0] == max(w) and 0.0 < w[0] < 1.0  # the best member wins the bags it is in, and only those
+    assert np.array_equal(w, C.bagged_caruana_selection(P, acc, n_iter=5, bags=20, fraction=0.5, seed=3))
+    # by hand: the same draws, one plain selection per bag over the drawn members, weights averaged
+    rng, total = np.random.default_rng(3), np.zeros(4)
+    for _ in range(20):
+        drawn = np.flatnonzero(rng.random(4) < 0.5)
+        drawn = drawn if drawn.size else np.array([int(rng.integers(4))])
+        total[drawn] += C.caruana_selection(P[drawn], acc, n_iter=5)[0]
+    assert w == pytest.approx(total / total.sum())
+    # every member in every bag: the plain selection
+    full = C.bagged_caruana_selection(P, acc, n_iter=5, bags=3, fraction=1.0)
+    assert full == pytest.approx(C.caruana_selection(P, acc, n_iter=5)[0])

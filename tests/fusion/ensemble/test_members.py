@@ -94,7 +94,12 @@ def test_other_bad_members(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     _bad(tmp_path, [a, tmp_path / "empty"], r"empty: not a run directory")
     _bad(tmp_path, [a, a], r"given twice")
-    _bad(tmp_path, [a], r"unknown ensemble method 'avg'; choose from \[caruana, mean", method="avg")
+    _bad(
+        tmp_path,
+        [a],
+        r"unknown ensemble method 'avg'; choose from \[caruana, caruana_bagged, mean",
+        method="avg",
+    )
     # token predictions written before full per-word distributions were saved
     tok = {
         "type": "token_classification",

@@ -44,7 +44,7 @@ def test_kfold_oof_never_tunes_on_the_scored_fold() -> None:
     assert out == pytest.approx(P[0])
 
 
-@pytest.mark.parametrize("method", ["weighted_nll", "weighted_metric", "caruana"])
+@pytest.mark.parametrize("method", ["weighted_nll", "weighted_metric", "caruana", "caruana_bagged"])
 def test_tuned_weights_not_worse_than_uniform_out_of_fold(method: str) -> None:
     """On a fixed seed, tuning never costs more than noise out-of-fold (and here it helps)."""
     P, y = noisy_members(n=400, qualities=(0.85, 0.55, 0.5), seed=4)
