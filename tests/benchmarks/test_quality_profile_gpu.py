@@ -23,6 +23,7 @@ SYSTEMS = {  # every row of the profile's table
     "merge-ties",
     "merge-regmean",
     "ensemble (caruana)",
+    "ensemble (bagged caruana)",
     "ensemble (weighted nll)",
     "stack",
 }
