@@ -122,3 +122,28 @@ def test_bagged_caruana_selection_averages_selections_over_random_parts() -> Non
     # every member in every bag: the plain selection
     full = C.bagged_caruana_selection(P, acc, n_iter=5, bags=3, fraction=1.0)
     assert full == pytest.approx(C.caruana_selection(P, acc, n_iter=5)[0])
+
+
+def test_caruana_sorted_initialisation_starts_from_the_best_top_n_bag() -> None:
+    # three members, each right on a different 2 of 3 units (accuracy 2/3); any two tie 0.5 / 0.5 on two units
+    # (argmax: label 0, wrong), so 1/3; all three are right everywhere: the sorted start takes all three
+    y = np.array([1, 1, 1])
+    right, wrong = [0.4, 0.6], [0.6, 0.4]
+    P = np.array([[right, right, wrong], [right, wrong, right], [wrong, right, right]])
+    acc = lambda out: float((out.argmax(1) == y).mean())  # noqa: E731
+    w, hist = C.caruana_selection(P, acc, n_iter=3, sorted_init=True)
+    assert hist[0] == {"size": 3, "added": [0, 1, 2], "score": 1.0}
+    assert w == pytest.approx([1 / 3] * 3) and len(hist) == 1
+    # the plain start: member 0 alone, then the greedy steps (the bag of the first best score is kept)
+    plain, hist_plain = C.caruana_selection(P, acc, n_iter=3)
+    assert hist_plain[0]["added"] == 0 and hist_plain[0]["size"] == 1
+    assert acc(C.weighted_mean(P, plain)) == max(h["score"] for h in hist_plain)
+    # one best member alone beats every larger equal-share start: sorted_init reduces to the plain start
+    Q, yq = noisy_members(qualities=(0.95, 0.6, 0.55, 0.5))
+    accq = lambda out: float((out.argmax(1) == yq).mean())  # noqa: E731
+    tops = [accq(Q[np.argsort([-accq(q) for q in Q], kind="stable")[:n]].mean(0)) for n in range(1, 5)]
+    n0 = int(np.argmax(tops)) + 1
+    ws, hs = C.caruana_selection(Q, accq, n_iter=6, sorted_init=True)
+    assert hs[0]["size"] == n0 and hs[0]["score"] == pytest.approx(max(tops))
+    if n0 == 1:
+        assert ws == pytest.approx(C.caruana_selection(Q, accq, n_iter=6)[0])

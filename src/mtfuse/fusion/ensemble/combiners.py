@@ -11,7 +11,8 @@ labels; a list of ``[N, C]`` arrays works too), returning fused outputs ``[N, C]
   and :func:`soft_vote` (the argmax of the mean probability, scikit-learn's ``voting='soft'``);
 * :func:`caruana_selection`: greedy forward selection with replacement (Caruana, Niculescu-Mizil, Crew &
   Ksikes, "Ensemble Selection from Libraries of Models", ICML 2004), initialised with the best single member,
-  keeping the best bag seen; the task metric decides, the NLL breaks ties;
+  keeping the best bag seen (or, with ``sorted_init``, with the best equal-share bag of the top members, the
+  paper's sorted initialisation); the task metric decides, the NLL breaks ties;
 * :func:`bagged_caruana_selection`: the same paper's bagged ensemble selection, the mean of the weights of
   ``bags`` selections, each over a seeded random part of the members (less prone to overfit the dev split).
 """
@@ -154,13 +155,19 @@ def soft_vote(
 
 
 def caruana_selection(
-    P: np.ndarray | Sequence[np.ndarray], score_fn: ScoreFn, n_iter: int = 25, loss_fn: LossFn | None = None
+    P: np.ndarray | Sequence[np.ndarray],
+    score_fn: ScoreFn,
+    n_iter: int = 25,
+    loss_fn: LossFn | None = None,
+    sorted_init: bool = False,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Greedy ensemble selection with replacement (Caruana et al., 2004).
 
-    Start from the best single member; at each step add (again, possibly) the member whose addition gives the
-    best ``score_fn`` of the bag's mean (``loss_fn``, lower is better, breaks ties); keep the best bag seen.
-    Returns the weights (each member's share of the bag) and the hill-climbing history."""
+    Start from the best single member (``sorted_init``: from the paper's sorted initialisation, section 2.1,
+    the ``n`` best members in equal shares, ``n`` the best-scoring such start); at each step add (again,
+    possibly) the member whose addition gives the best ``score_fn`` of the bag's mean (``loss_fn``, lower is
+    better, breaks ties); keep the best bag seen. Returns the weights (each member's share of the bag) and
+    the hill-climbing history."""
     arr = as_stack(P)
     m = arr.shape[0]
 
@@ -168,13 +175,20 @@ def caruana_selection(
         return (float(score_fn(out)), -float(loss_fn(out)) if loss_fn is not None else 0.0)
 
     keys = [key(arr[k]) for k in range(m)]
-    first = max(range(m), key=lambda k: keys[k])
+    order = sorted(range(m), key=lambda k: keys[k], reverse=True)  # stable: the first of equals first
+    n0, best_key = 1, keys[order[0]]
+    if sorted_init:
+        starts = [key(arr[order[:n]].mean(axis=0)) for n in range(1, m + 1)]
+        n0 = max(range(m), key=lambda i: starts[i]) + 1  # the smallest of equally good starts
+        best_key = starts[n0 - 1]
     counts = np.zeros(m, dtype=np.int64)
-    counts[first] = 1
-    total = arr[first].copy()
-    best_counts, best_key = counts.copy(), keys[first]
-    history = [{"size": 1, "added": first, "score": keys[first][0]}]
-    for size in range(2, max(n_iter, 1) + 1):
+    counts[order[:n0]] = 1
+    total = arr[order[:n0]].sum(axis=0)
+    best_counts = counts.copy()
+    history: list[dict[str, Any]] = [
+        {"size": n0, "added": order[0] if n0 == 1 else order[:n0], "score": best_key[0]}
+    ]
+    for size in range(n0 + 1, max(n_iter, n0) + 1):
         cand = [key((total + arr[k]) / size) for k in range(m)]
         pick = max(range(m), key=lambda k: cand[k])
         counts[pick] += 1
